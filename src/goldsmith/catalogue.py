@@ -1,0 +1,681 @@
+"""The image catalogue (`images.yml`): loaded and validated before anything starts.
+
+The schema is documented in the header of `images.yml`. Every problem is reported at
+once, one per line, as `<file>:<line>: <dotted.key.path>: <problem>`, so a person
+fixes the whole file in one go and nothing is built from a half-valid catalogue.
+
+Keys with defaults (all others are required):
+  bases.<name>.mirror      http://deb.debian.org/debian   (debootstrap)
+  bases.<name>.disk_size   4G
+  images.<name>.aws.share_with     []
+  images.<name>.aws.encrypt_boot   true
+  images.<name>.aws.kms_key_id     ""    (the account's default EBS key)
+  images.<name>.aws.spot           false
+`images.<name>.aws` is required when the image has the `aws` or `twin` target.
+
+Line numbers come from the YAML nodes (`yaml.compose`), so anchors and merge keys
+(`<<: *aws`) work and a merged value is reported where it is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import roles
+from .errors import GoldsmithError
+
+KINDS = ("debootstrap", "cloud-image")
+TARGETS = ("local", "aws", "twin")
+AWS_TARGETS = ("aws", "twin")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_DISK_SIZE = "4G"
+
+# Names end up in file names, AMI names, tags and SSM parameter paths.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+DISK_SIZE_RE = re.compile(r"^[1-9][0-9]*[MGT]$")
+SUITE_RE = re.compile(r"^[a-z][a-z0-9.-]*$")
+URL_RE = re.compile(r"^(https?|file)://\S+$")
+MIRROR_RE = re.compile(r"^https?://\S+$")
+CHECKSUM_RE = re.compile(
+    r"^(md5:[0-9a-f]{32}|sha1:[0-9a-f]{40}|sha256:[0-9a-f]{64}|"
+    r"sha512:[0-9a-f]{128}|file:\S+)$",
+    re.IGNORECASE,
+)
+REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]+$")
+ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
+# Owners of a source AMI: an account id or one of the aliases EC2 accepts.
+OWNER_ALIASES = ("self", "amazon", "aws-marketplace")
+INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
+KMS_KEY_RE = re.compile(
+    r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}|"
+    r"alias/[A-Za-z0-9/_-]+|arn:aws[a-z-]*:kms:\S+)$"
+)
+SSM_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the catalogue, where it is written."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class CatalogueError(GoldsmithError):
+    """The catalogue is invalid; `str()` lists every problem, one per line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class Base:
+    """What an image starts from. Keys that do not apply to `kind` are ""."""
+
+    name: str
+    kind: str
+    suite: str
+    mirror: str
+    disk_size: str
+    url: str
+    checksum: str
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """How an image is baked and published on AWS (the `aws` and `twin` targets)."""
+
+    source_ami_owners: tuple[str, ...]
+    source_ami_name: str
+    ssh_username: str
+    instance_type: str
+    regions: tuple[str, ...]
+    share_with: tuple[str, ...]
+    ssm_parameter: str
+    encrypt_boot: bool
+    kms_key_id: str
+    spot: bool
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image goldsmith can bake."""
+
+    name: str
+    base: Base
+    playbook: Path
+    targets: tuple[str, ...]
+    aws: AwsSettings | None
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Every base and image declared in the catalogue file."""
+
+    path: Path
+    bases: dict[str, Base]
+    images: dict[str, Image]
+    # Where `images:` is written, so an unknown image name can be reported there.
+    images_line: int = field(default=0, compare=False, repr=False)
+
+    def image(self, name: str) -> Image:
+        """The image called `name`; a CatalogueError listing the known names otherwise."""
+        if name in self.images:
+            return self.images[name]
+        known = ", ".join(sorted(self.images)) or "none"
+        hint = _suggest(name, self.images)
+        raise CatalogueError(
+            [
+                Problem(
+                    _display(self.path),
+                    self.images_line,
+                    f"images.{name}",
+                    f"no such image{hint}; images in the catalogue: {known}",
+                )
+            ]
+        )
+
+
+# --- reading nodes ----------------------------------------------------------------------
+
+
+class _Node:
+    """A YAML node with the dotted path it was reached by."""
+
+    def __init__(self, node: yaml.Node, path: str) -> None:
+        self.node = node
+        self.path = path
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1
+
+
+class _Validator:
+    """Walks the composed YAML, converting values and collecting problems."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = _display(file)
+        self.problems: list[Problem] = []
+        self._constructor = yaml.SafeLoader("")
+
+    def problem(self, line: int, path: str, message: str) -> None:
+        self.problems.append(Problem(self.file, line, path, message))
+
+    def value(self, n: _Node) -> Any:
+        return self._constructor.construct_object(n.node, deep=True)
+
+    def mapping(
+        self,
+        n: _Node,
+        required: tuple[str, ...],
+        optional: tuple[str, ...] = (),
+        what: str = "a mapping",
+        elsewhere: dict[str, str] | None = None,
+    ) -> dict[str, tuple[int, _Node]] | None:
+        """The entries of a mapping node as {key: (key line, value node)}; None if not one.
+
+        Unknown keys (with a did-you-mean) and missing required keys are reported here;
+        `elsewhere` explains keys that are valid in another case (another base kind).
+        """
+        entries = self.entries(n, what)
+        if entries is None:
+            return None
+        allowed = (*required, *optional)
+        for key, (line, _) in entries.items():
+            if elsewhere and key in elsewhere and key not in allowed:
+                self.problem(line, f"{n.path}.{key}", elsewhere[key])
+            elif key not in allowed:
+                hint = _suggest(key, allowed)
+                self.problem(
+                    line, f"{n.path}.{key}", f"unknown key{hint}; allowed: " + ", ".join(allowed)
+                )
+        for key in required:
+            if key not in entries:
+                self.problem(n.line, n.path, f"missing required key {key!r}")
+        return entries
+
+    def entries(self, n: _Node, what: str = "a mapping") -> dict[str, tuple[int, _Node]] | None:
+        if not isinstance(n.node, yaml.MappingNode):
+            self.problem(n.line, n.path, f"must be {what}, not {_kind_of(n.node)}")
+            return None
+        node = n.node
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            # Merge keys are expanded below; duplicates written out are a mistake YAML hides.
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = str(key_node.value)
+            if key in seen:
+                self.problem(
+                    key_node.start_mark.line + 1,
+                    _join(n.path, key),
+                    f"duplicate key (first at line {seen[key]})",
+                )
+            seen.setdefault(key, key_node.start_mark.line + 1)
+        try:
+            self._constructor.flatten_mapping(node)
+        except yaml.MarkedYAMLError as e:
+            self.problem(_mark_line(e), n.path, str(e.problem))
+            return None
+        out: dict[str, tuple[int, _Node]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problem(key_node.start_mark.line + 1, n.path, "keys must be plain names")
+                continue
+            key = str(key_node.value)
+            # flatten_mapping puts merged entries first: later (written) ones win.
+            out[key] = (key_node.start_mark.line + 1, _Node(value_node, _join(n.path, key)))
+        return out
+
+    def string(
+        self, n: _Node, pattern: re.Pattern | None = None, rule: str = "", allow_empty: bool = False
+    ) -> str | None:
+        if not isinstance(n.node, yaml.ScalarNode):
+            self.problem(n.line, n.path, f"must be a string, not {_kind_of(n.node)}")
+            return None
+        v = self.value(n)
+        if v is None:
+            self.problem(n.line, n.path, "must be a string, not empty")
+            return None
+        if not isinstance(v, str):
+            self.problem(
+                n.line,
+                n.path,
+                f"must be a string, not {_kind_of(n.node)} {n.node.value!r} "
+                f'(quote it: "{n.node.value}")',
+            )
+            return None
+        if not v and not allow_empty:
+            self.problem(n.line, n.path, "must not be empty")
+            return None
+        if v and pattern is not None and not pattern.match(v):
+            self.problem(n.line, n.path, f"{v!r} is not {rule}")
+            return None
+        return v
+
+    def boolean(self, n: _Node) -> bool | None:
+        v = self.value(n) if isinstance(n.node, yaml.ScalarNode) else None
+        if not isinstance(v, bool):
+            self.problem(
+                n.line,
+                n.path,
+                f"must be true or false, not {n.node.value!r}"
+                if isinstance(n.node, yaml.ScalarNode)
+                else f"must be true or false, not {_kind_of(n.node)}",
+            )
+            return None
+        return v
+
+    def strings(
+        self, n: _Node, check: Callable[[_Node], str | None], non_empty: bool = False
+    ) -> tuple[str, ...] | None:
+        """A list of strings, each checked by `check`; duplicates are reported."""
+        if not isinstance(n.node, yaml.SequenceNode):
+            self.problem(n.line, n.path, f"must be a list, not {_kind_of(n.node)}")
+            return None
+        if non_empty and not n.node.value:
+            self.problem(n.line, n.path, "must list at least one value")
+            return None
+        out: list[str] = []
+        ok = True
+        for i, item in enumerate(n.node.value):
+            v = check(_Node(item, f"{n.path}[{i}]"))
+            if v is None:
+                ok = False
+            elif v in out:
+                self.problem(item.start_mark.line + 1, f"{n.path}[{i}]", f"{v!r} is listed twice")
+                ok = False
+            else:
+                out.append(v)
+        return tuple(out) if ok else None
+
+
+# --- the schema ---------------------------------------------------------------------------
+
+
+def load(path: Path) -> Catalogue:
+    """Load and validate the catalogue at `path`; the project root is `path.parent`."""
+    path = Path(path)
+    root = path.parent.resolve()
+    v = _Validator(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise CatalogueError([Problem(v.file, 0, "", f"cannot read: {e.strerror}")]) from None
+    try:
+        doc = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        detail = f"{e.context}: {e.problem}" if e.context else str(e.problem)
+        raise CatalogueError(
+            [Problem(v.file, _mark_line(e), "", f"not valid YAML: {detail}")]
+        ) from None
+    if doc is None:
+        raise CatalogueError(
+            [Problem(v.file, 1, "", "the catalogue is empty; it needs 'bases' and 'images'")]
+        )
+    top = v.mapping(
+        _Node(doc, ""), required=("bases", "images"), what="a mapping of 'bases' and 'images'"
+    )
+    if top is None:
+        raise CatalogueError(v.problems)
+    bases: dict[str, Base] = {}
+    if "bases" in top:
+        for name, _line, n in _named(v, top["bases"][1], "bases"):
+            base = _base(v, name, n)
+            if base is not None:
+                bases[name] = base
+    images: dict[str, Image] = {}
+    images_line = top["images"][0] if "images" in top else 0
+    if "images" in top:
+        base_names = _declared(top, "bases")
+        resolved: dict[Path, roles.RoleMap | None] = {}
+        for name, _line, n in _named(v, top["images"][1], "images"):
+            image = _image(v, name, n, root, bases, base_names, resolved)
+            if image is not None:
+                images[name] = image
+    if v.problems:
+        raise CatalogueError(sorted(v.problems, key=lambda p: p.line))
+    return Catalogue(path=path, bases=bases, images=images, images_line=images_line)
+
+
+def _named(v: _Validator, n: _Node, what: str) -> Iterator[tuple[str, int, _Node]]:
+    """The entries of `bases`/`images`, with names checked."""
+    entries = v.entries(n, f"a mapping of {what} by name")
+    if entries is None:
+        return
+    if not entries:
+        v.problem(n.line, n.path, f"declares no {what}")
+    for name, (line, value) in entries.items():
+        if not NAME_RE.match(name):
+            v.problem(
+                line,
+                value.path,
+                f"name {name!r} must be lower-case letters, digits, "
+                "'-' and '_', starting with a letter or digit",
+            )
+            continue
+        yield name, line, value
+
+
+def _declared(top: dict[str, tuple[int, _Node]], key: str) -> set[str]:
+    """Names declared under `key`, valid or not, so one bad base is not reported twice."""
+    node = top[key][1].node
+    if not isinstance(node, yaml.MappingNode):
+        return set()
+    return {str(k.value) for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+BASE_KEYS = {
+    "debootstrap": (("kind", "suite"), ("mirror", "disk_size")),
+    "cloud-image": (("kind", "url", "checksum"), ("disk_size",)),
+}
+
+
+def _base(v: _Validator, name: str, n: _Node) -> Base | None:
+    before = len(v.problems)
+    kind = None
+    if isinstance(n.node, yaml.MappingNode):
+        for key_node, value_node in n.node.value:
+            if getattr(key_node, "value", None) == "kind":
+                kind_node = _Node(value_node, f"{n.path}.kind")
+                kind = v.string(kind_node)
+                if kind is not None and kind not in KINDS:
+                    v.problem(
+                        kind_node.line,
+                        kind_node.path,
+                        f"unknown kind {kind!r}{_suggest(kind, KINDS)}; kinds: {', '.join(KINDS)}",
+                    )
+                    kind = None
+    required, optional = BASE_KEYS.get(kind or "debootstrap", BASE_KEYS["debootstrap"])
+    # Keys that belong to the other kind are named as such, not as unknown.
+    elsewhere = (
+        {
+            key: f"only for kind {other!r}; this base is kind {kind!r}"
+            for other, keys in BASE_KEYS.items()
+            if other != kind
+            for key in (*keys[0], *keys[1])
+        }
+        if kind
+        else {}
+    )
+    entries = v.mapping(
+        n,
+        required if kind else ("kind",),
+        optional
+        if kind
+        else tuple(k for r, o in BASE_KEYS.values() for k in (*r, *o) if k != "kind"),
+        elsewhere=elsewhere,
+    )
+    if entries is None or kind is None:
+        return None
+
+    def get(key: str, default: str = "", **kw: Any) -> str | None:
+        return v.string(entries[key][1], **kw) if key in entries else default
+
+    values = {
+        "suite": get("suite", pattern=SUITE_RE, rule="a Debian suite name like 'bookworm'"),
+        "mirror": get(
+            "mirror",
+            DEFAULT_MIRROR if kind == "debootstrap" else "",
+            pattern=MIRROR_RE,
+            rule="an http(s):// URL",
+        ),
+        "disk_size": get(
+            "disk_size",
+            DEFAULT_DISK_SIZE,
+            pattern=DISK_SIZE_RE,
+            rule="a size with a unit, like '4G' or '512M'",
+        ),
+        "url": get("url", pattern=URL_RE, rule="an http(s):// or file:// URL"),
+        "checksum": get(
+            "checksum",
+            pattern=CHECKSUM_RE,
+            rule="'sha256:<hex>' (or md5/sha1/sha512) or 'file:<url of SUMS>'",
+        ),
+    }
+    if len(v.problems) > before or any(x is None for x in values.values()):
+        return None
+    return Base(name=name, kind=kind, **values)  # type: ignore[arg-type]
+
+
+def _image(
+    v: _Validator,
+    name: str,
+    n: _Node,
+    root: Path,
+    bases: dict[str, Base],
+    base_names: set[str],
+    resolved: dict[Path, roles.RoleMap | None],
+) -> Image | None:
+    entries = v.mapping(n, required=("base", "playbook", "targets"), optional=("aws",))
+    if entries is None:
+        return None
+    before = len(v.problems)
+    base: Base | None = None
+    if "base" in entries:
+        bn = entries["base"][1]
+        base_name = v.string(bn)
+        if base_name is not None and base_name not in base_names:
+            known = ", ".join(sorted(base_names)) or "none"
+            v.problem(
+                bn.line,
+                bn.path,
+                f"no base called {base_name!r}{_suggest(base_name, base_names)}; bases: {known}",
+            )
+        elif base_name is not None:
+            base = bases.get(base_name)
+    playbook = (
+        _playbook(v, entries["playbook"][1], root, resolved) if "playbook" in entries else None
+    )
+    targets = None
+    if "targets" in entries:
+        targets = v.strings(entries["targets"][1], lambda t: _target(v, t), non_empty=True)
+    aws = None
+    if "aws" in entries:
+        aws = _aws(v, name, entries["aws"][1])
+    elif targets and any(t in AWS_TARGETS for t in targets):
+        wanted = ", ".join(t for t in targets if t in AWS_TARGETS)
+        v.problem(n.line, n.path, f"missing required key 'aws' (the image has target {wanted})")
+    if len(v.problems) > before or base is None or playbook is None or targets is None:
+        return None
+    return Image(name=name, base=base, playbook=playbook, targets=targets, aws=aws)
+
+
+def _target(v: _Validator, n: _Node) -> str | None:
+    t = v.string(n)
+    if t is not None and t not in TARGETS:
+        v.problem(
+            n.line,
+            n.path,
+            f"unknown target {t!r}{_suggest(t, TARGETS)}; targets: {', '.join(TARGETS)}",
+        )
+        return None
+    return t
+
+
+def _playbook(
+    v: _Validator, n: _Node, root: Path, resolved: dict[Path, roles.RoleMap | None]
+) -> Path | None:
+    rel = v.string(n)
+    if rel is None:
+        return None
+    if os.path.isabs(rel):
+        v.problem(
+            n.line, n.path, f"{rel!r} must be relative to the project root (like playbooks/web.yml)"
+        )
+        return None
+    path = (root / rel).resolve()
+    if not path.is_file():
+        v.problem(n.line, n.path, f"playbook {rel!r} does not exist")
+        return None
+    if path not in resolved:
+        try:
+            resolved[path] = roles.resolve(path, root)
+        except roles.RoleError as e:
+            resolved[path] = None
+            v.problem(n.line, n.path, str(e))
+            return None
+    return path if resolved[path] is not None else None
+
+
+def _aws(v: _Validator, image: str, n: _Node) -> AwsSettings | None:
+    entries = v.mapping(
+        n,
+        required=("source_ami", "ssh_username", "instance_type", "regions", "ssm_parameter"),
+        optional=("share_with", "encrypt_boot", "kms_key_id", "spot"),
+    )
+    if entries is None:
+        return None
+    before = len(v.problems)
+
+    def node(key: str) -> _Node | None:
+        return entries[key][1] if key in entries else None
+
+    owners = ami_name = None
+    if (src := node("source_ami")) is not None:
+        src_entries = v.mapping(src, required=("owners", "name")) or {}
+        if "owners" in src_entries:
+            owners = v.strings(src_entries["owners"][1], lambda o: _owner(v, o), non_empty=True)
+        if "name" in src_entries:
+            ami_name = v.string(src_entries["name"][1])
+    ssh_username = v.string(n_) if (n_ := node("ssh_username")) is not None else None
+    instance_type = (
+        v.string(n_, INSTANCE_TYPE_RE, "an EC2 instance type like 't3.small'")
+        if (n_ := node("instance_type")) is not None
+        else None
+    )
+    regions = (
+        v.strings(
+            n_, lambda r: v.string(r, REGION_RE, "an AWS region like 'eu-west-1'"), non_empty=True
+        )
+        if (n_ := node("regions")) is not None
+        else None
+    )
+    share_with: tuple[str, ...] | None = ()
+    if (n_ := node("share_with")) is not None:
+        share_with = v.strings(n_, lambda a: _account(v, a))
+    ssm = None
+    if (n_ := node("ssm_parameter")) is not None:
+        ssm = _ssm(v, n_, image)
+    encrypt = v.boolean(n_) if (n_ := node("encrypt_boot")) is not None else True
+    kms = ""
+    if (n_ := node("kms_key_id")) is not None:
+        kms = v.string(n_, KMS_KEY_RE, "a KMS key id, alias/<name> or key ARN", allow_empty=True)
+        if kms and encrypt is False:
+            v.problem(n_.line, n_.path, "a KMS key is set but encrypt_boot is false")
+    spot = v.boolean(n_) if (n_ := node("spot")) is not None else False
+    if len(v.problems) > before:
+        return None
+    return AwsSettings(
+        source_ami_owners=owners,
+        source_ami_name=ami_name,
+        ssh_username=ssh_username,  # type: ignore[arg-type]
+        instance_type=instance_type,
+        regions=regions,
+        share_with=share_with,  # type: ignore[arg-type]
+        ssm_parameter=ssm,
+        encrypt_boot=encrypt,
+        kms_key_id=kms,
+        spot=spot,  # type: ignore[arg-type]
+    )
+
+
+def _account(v: _Validator, n: _Node) -> str | None:
+    if isinstance(n.node, yaml.ScalarNode) and not isinstance(v.value(n), str):
+        # An unquoted id is an int to YAML: a leading zero would silently vanish.
+        v.problem(
+            n.line, n.path, f'account id {n.node.value} must be a quoted string: "{n.node.value}"'
+        )
+        return None
+    a = v.string(n)
+    if a is not None and not ACCOUNT_RE.match(a):
+        v.problem(n.line, n.path, f"{a!r} is not an AWS account id (12 digits, quoted)")
+        return None
+    return a
+
+
+def _owner(v: _Validator, n: _Node) -> str | None:
+    if (
+        isinstance(n.node, yaml.ScalarNode)
+        and isinstance(v.value(n), str)
+        and v.value(n) in OWNER_ALIASES
+    ):
+        return v.value(n)
+    return _account(v, n)
+
+
+def _ssm(v: _Validator, n: _Node, image: str) -> str | None:
+    raw = v.string(n)
+    if raw is None:
+        return None
+    if not raw.startswith("/"):
+        v.problem(n.line, n.path, f"{raw!r} must start with '/' (like /goldsmith/{{image}}/latest)")
+        return None
+    value = raw.replace("{image}", image)
+    if not SSM_RE.match(value):
+        v.problem(
+            n.line,
+            n.path,
+            f"{raw!r} is not an SSM parameter path: '/'-separated names of "
+            "letters, digits, '.', '-', '_'; {image} is the only placeholder",
+        )
+        return None
+    return value
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind_of(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    tag = node.tag.rsplit(":", 1)[-1]
+    names = {
+        "int": "a number",
+        "float": "a number",
+        "bool": "a boolean",
+        "null": "empty",
+        "str": "a string",
+        "timestamp": "a date",
+    }
+    return names.get(tag, tag)
+
+
+def _mark_line(e: yaml.MarkedYAMLError) -> int:
+    mark = e.problem_mark or e.context_mark
+    return mark.line + 1 if mark else 0
+
+
+def _display(path: Path) -> str:
+    """The file as a person would type it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
