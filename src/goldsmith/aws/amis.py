@@ -1,0 +1,420 @@
+"""AMIs after a bake: read what Packer built, copy, tag, share.
+
+What was built comes from Packer's manifest post-processor (`artifact_id` of the
+builds of the last run), never from a log. Nothing here runs before the specs passed:
+the build only reaches the manifest when every provisioner, specs included, succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+
+from ..errors import GoldsmithError
+from ..tools import log
+from .clients import DENIED_CODES, Aws, AwsError, iam_action
+
+# Provenance tag keys: on the builder instance, the AMI and its snapshots, in every region.
+TAG_IMAGE = "goldsmith:image"
+TAG_GIT_SHA = "goldsmith:git-sha"
+TAG_FINGERPRINT = "goldsmith:fingerprint"
+TAG_BUILD_ID = "goldsmith:build-id"
+TAG_ROLES = "goldsmith:roles"
+# On copies: the AMI they were copied from, so a second publish reuses them.
+TAG_SOURCE_AMI = "goldsmith:source-ami"
+TAG_SOURCE_REGION = "goldsmith:source-region"
+
+TAG_VALUE_MAX = 256  # EC2's limit on a tag value
+# describe_* page size; small enough that pagination really happens in large accounts.
+PAGE_SIZE = 100
+AMAZON_EBS = "amazon-ebs"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an image comes from: what every copy and snapshot is tagged with."""
+
+    image: str
+    git_sha: str
+    fingerprint: str
+    build_id: str
+    roles: tuple[str, ...] = ()
+
+    def tags(self) -> dict[str, str]:
+        """The provenance as EC2 tags (values kept within EC2's 256-character limit)."""
+        return {
+            "Name": f"goldsmith-{self.image}",
+            TAG_IMAGE: self.image,
+            TAG_GIT_SHA: self.git_sha,
+            TAG_FINGERPRINT: self.fingerprint,
+            TAG_BUILD_ID: self.build_id,
+            TAG_ROLES: roles_tag(self.roles),
+        }
+
+
+def roles_tag(roles: Iterable[str]) -> str:
+    """Roles as one tag value; a list too long for a tag ends with '+N more' instead of failing."""
+    roles = list(roles)
+    value = ",".join(roles)
+    if len(value) <= TAG_VALUE_MAX:
+        return value
+    kept: list[str] = []
+    for i, role in enumerate(roles):
+        rest = f",+{len(roles) - i} more"
+        if len(",".join([*kept, role])) + len(rest) > TAG_VALUE_MAX:
+            return ",".join(kept) + rest
+        kept.append(role)
+    return value  # not reached: the loop returns once the value is too long
+
+
+def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+# --- Packer's manifest ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Built:
+    """The AMIs one Packer run registered: {region: ami id}, and the run's id."""
+
+    amis: dict[str, str]
+    run_uuid: str
+    build_name: str
+    custom_data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source_region(self) -> str:
+        return next(iter(self.amis))
+
+    @property
+    def source_ami(self) -> str:
+        return self.amis[self.source_region]
+
+
+def parse_artifact_id(artifact_id: str, *, where: str = "artifact_id") -> dict[str, str]:
+    """Parse amazon-ebs's artifact id, ``"eu-west-1:ami-1,eu-central-1:ami-2"``, in order."""
+    amis: dict[str, str] = {}
+    for part in str(artifact_id).split(","):
+        region, sep, ami = part.strip().partition(":")
+        if not sep or not region or not ami.startswith("ami-"):
+            raise GoldsmithError(
+                f"{where}: {artifact_id!r} is not an amazon-ebs artifact id "
+                "(expected 'region:ami-...' entries separated by commas)"
+            )
+        amis[region] = ami
+    return amis
+
+
+def read_manifest(path: Path, build_name: str | None = None) -> Built:
+    """The AMIs of the last Packer run recorded in the manifest at `path`.
+
+    The manifest post-processor appends one entry per build and run; only entries of
+    the last run (`last_run_uuid`) count, so an old run's AMI is never published.
+    `build_name` picks one source when a run has several amazon-ebs builds.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise GoldsmithError(
+            f"{path}: Packer's manifest is missing; the build did not finish"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise GoldsmithError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("builds"), list):
+        raise GoldsmithError(f"{path}: key 'builds' is missing or not a list")
+    last = data.get("last_run_uuid")
+    if not last or not isinstance(last, str):
+        raise GoldsmithError(f"{path}: key 'last_run_uuid' is missing")
+    found: list[Built] = []
+    for i, build in enumerate(data["builds"]):
+        if not isinstance(build, dict):
+            raise GoldsmithError(f"{path}: builds[{i}] is not an object")
+        if build.get("packer_run_uuid") != last or build.get("builder_type") != AMAZON_EBS:
+            continue
+        if build_name and build.get("name") != build_name:
+            continue
+        where = f"{path}: builds[{i}].artifact_id"
+        if "artifact_id" not in build:
+            raise GoldsmithError(f"{where} is missing")
+        found.append(
+            Built(
+                amis=parse_artifact_id(build["artifact_id"], where=where),
+                run_uuid=last,
+                build_name=str(build.get("name", "")),
+                custom_data=dict(build.get("custom_data") or {}),
+            )
+        )
+    which = f"amazon-ebs build {build_name!r}" if build_name else "amazon-ebs build"
+    if not found:
+        raise GoldsmithError(f"{path}: no {which} in the last run (last_run_uuid {last!r})")
+    if len(found) > 1:
+        names = ", ".join(b.build_name for b in found)
+        raise GoldsmithError(
+            f"{path}: the last run has several amazon-ebs builds ({names}); name one"
+        )
+    return found[0]
+
+
+# --- Reading AMIs -----------------------------------------------------------------
+
+
+def describe_images(
+    aws: Aws,
+    region: str,
+    *,
+    owners: list[str] | None = None,
+    filters: Mapping[str, Iterable[str]] | None = None,
+    image_ids: list[str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every image matching, across all pages."""
+    kwargs: dict[str, Any] = {}
+    if owners:
+        kwargs["Owners"] = owners
+    if filters:
+        kwargs["Filters"] = [{"Name": k, "Values": list(v)} for k, v in filters.items()]
+    if image_ids:
+        kwargs["ImageIds"] = image_ids
+    else:  # EC2 refuses MaxResults together with ImageIds
+        kwargs["PaginationConfig"] = {"PageSize": PAGE_SIZE}
+    for page in aws.ec2(region).get_paginator("describe_images").paginate(**kwargs):
+        yield from page.get("Images", [])
+
+
+def describe_image(aws: Aws, region: str, ami_id: str) -> dict[str, Any]:
+    """One image; a clear error when it does not exist in `region`."""
+    try:
+        images = list(describe_images(aws, region, image_ids=[ami_id]))
+    except AwsError as err:
+        if err.code.startswith("InvalidAMIID"):
+            images = []
+        else:
+            raise
+    if not images:
+        raise GoldsmithError(f"AMI {ami_id} does not exist in {region}")
+    return images[0]
+
+
+def snapshots_of(image: Mapping[str, Any]) -> list[str]:
+    """The EBS snapshot ids behind an image's block devices."""
+    return [
+        m["Ebs"]["SnapshotId"]
+        for m in image.get("BlockDeviceMappings", [])
+        if m.get("Ebs", {}).get("SnapshotId")
+    ]
+
+
+def find_source_ami(aws: Aws, region: str, owners: list[str], name: str) -> dict[str, Any]:
+    """The newest available image named like `name` owned by `owners` (Packer's source filter)."""
+    flt = {"name": [name], "state": ["available"]}
+    images = list(describe_images(aws, region, owners=owners, filters=flt))
+    if not images:
+        raise GoldsmithError(
+            f"no AMI named {name!r} owned by {', '.join(owners)} in {region}: "
+            "check images.yml aws.source_ami"
+        )
+    return max(images, key=lambda i: i.get("CreationDate", ""))
+
+
+def find_copy(aws: Aws, region: str, source_ami: str) -> dict[str, Any] | None:
+    """A copy of `source_ami` already in `region` (a previous publish got that far)."""
+    for image in describe_images(
+        aws, region, owners=["self"], filters={f"tag:{TAG_SOURCE_AMI}": [source_ami]}
+    ):
+        if image.get("State") in ("available", "pending"):
+            return image
+    return None
+
+
+# --- Waiting ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wait:
+    """How long to wait for an AMI to become available.
+
+    Copies of large or first-in-region snapshots take long; AWS's default waiter gives up
+    after 10 minutes, which is the classic "AMI waiter timed out" failure. The default
+    here is an hour, settable with $GOLDSMITH_AMI_WAIT_SECONDS.
+    """
+
+    timeout_s: int = 3600
+    delay_s: int = 15
+
+    @classmethod
+    def from_env(cls) -> Wait:
+        raw = os.environ.get("GOLDSMITH_AMI_WAIT_SECONDS", "")
+        if not raw:
+            return cls()
+        try:
+            timeout = int(raw)
+            if timeout <= 0:
+                raise ValueError
+        except ValueError:
+            raise GoldsmithError(
+                f"$GOLDSMITH_AMI_WAIT_SECONDS={raw!r} is not a positive number of seconds"
+            ) from None
+        return cls(timeout_s=timeout)
+
+
+def wait_available(aws: Aws, region: str, ami_id: str, wait: Wait) -> dict[str, Any]:
+    """Wait until `ami_id` is available in `region`; return its description."""
+    client = aws.ec2(region)
+    delay = max(1, wait.delay_s)
+    attempts = max(1, wait.timeout_s // delay)
+    try:
+        client.get_waiter("image_available").wait(
+            ImageIds=[ami_id], WaiterConfig={"Delay": delay, "MaxAttempts": attempts}
+        )
+    except botocore.exceptions.WaiterError as err:
+        error = (err.last_response or {}).get("Error", {})
+        if error.get("Code") in DENIED_CODES:
+            action = iam_action(client.raw, "DescribeImages")
+            raise GoldsmithError(
+                f"AWS denied {action} in {region} while waiting for {ami_id}: the role or user "
+                f"running goldsmith needs the IAM permission {action!r}"
+            ) from None
+        images = (err.last_response or {}).get("Images") or [{}]
+        state = images[0].get("State", "unknown")
+        reason = images[0].get("StateReason", {}).get("Message", "")
+        if state == "failed":
+            raise GoldsmithError(
+                f"AMI {ami_id} in {region} failed: {reason or 'no reason given'}"
+            ) from None
+        raise GoldsmithError(
+            f"AMI {ami_id} in {region} is still {state!r} after {wait.timeout_s}s; "
+            "set $GOLDSMITH_AMI_WAIT_SECONDS higher for slow snapshot copies"
+        ) from None
+    return describe_image(aws, region, ami_id)
+
+
+# --- Changing AMIs ----------------------------------------------------------------
+
+
+def tag_image(aws: Aws, region: str, image: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+    """Tag an image and every snapshot behind it (EC2 does neither for copies)."""
+    resources = [image["ImageId"], *snapshots_of(image)]
+    aws.ec2(region).create_tags(Resources=resources, Tags=tag_list(tags))
+
+
+def share(aws: Aws, region: str, image: Mapping[str, Any], accounts: list[str]) -> None:
+    """Let `accounts` launch the image and create volumes from its snapshots.
+
+    Without createVolumePermission on the snapshots the other account can launch, but
+    cannot copy the AMI or restore a volume from it.
+    """
+    if not accounts:
+        return
+    client = aws.ec2(region)
+    users = [{"UserId": a} for a in accounts]
+    client.modify_image_attribute(
+        ImageId=image["ImageId"],
+        Attribute="launchPermission",
+        LaunchPermission={"Add": users},
+    )
+    for snapshot in snapshots_of(image):
+        client.modify_snapshot_attribute(
+            SnapshotId=snapshot,
+            Attribute="createVolumePermission",
+            OperationType="add",
+            UserIds=list(accounts),
+        )
+
+
+def launch_permissions(aws: Aws, region: str, ami_id: str) -> list[str]:
+    """Account ids allowed to launch `ami_id`."""
+    attr = aws.ec2(region).describe_image_attribute(ImageId=ami_id, Attribute="launchPermission")
+    return sorted(p["UserId"] for p in attr.get("LaunchPermissions", []) if "UserId" in p)
+
+
+def start_copy(
+    aws: Aws,
+    source_region: str,
+    image: Mapping[str, Any],
+    region: str,
+    *,
+    encrypted: bool,
+    kms_key_id: str = "",
+) -> str:
+    """Start copying `image` to `region` (or find the copy a previous publish made)."""
+    existing = find_copy(aws, region, image["ImageId"])
+    if existing:
+        log("publish", f"{region}: reusing copy {existing['ImageId']} of {image['ImageId']}")
+        return existing["ImageId"]
+    kwargs: dict[str, Any] = {
+        "SourceImageId": image["ImageId"],
+        "SourceRegion": source_region,
+        "Name": image.get("Name") or image["ImageId"],
+        "Description": image.get("Description") or f"copy of {source_region}:{image['ImageId']}",
+        "Encrypted": encrypted,
+    }
+    if encrypted and kms_key_id:
+        kwargs["KmsKeyId"] = kms_key_id
+    ami_id = aws.ec2(region).copy_image(**kwargs)["ImageId"]
+    # Marked at once so a publish that dies while copying finds and reuses it next time.
+    aws.ec2(region).create_tags(
+        Resources=[ami_id],
+        Tags=tag_list({TAG_SOURCE_AMI: image["ImageId"], TAG_SOURCE_REGION: source_region}),
+    )
+    log("publish", f"{region}: copying {image['ImageId']} from {source_region} as {ami_id}")
+    return ami_id
+
+
+def copy_to_regions(
+    aws: Aws,
+    built: Built,
+    regions: Iterable[str],
+    tags: Mapping[str, str],
+    *,
+    encrypted: bool = True,
+    kms_key_ids: Mapping[str, str] | None = None,
+    wait: Wait | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Copy the built AMI to every region in `regions`; return {region: image} for all of them.
+
+    Copies start in all regions first and are waited for after, so they run in parallel.
+    Every image (the source too) and its snapshots end up tagged with `tags`.
+    `kms_key_ids` maps region to KMS key for encrypted copies (KMS keys are regional);
+    a region without one gets the account's default EBS key.
+    """
+    wait = wait or Wait.from_env()
+    kms_key_ids = kms_key_ids or {}
+    source = wait_available(aws, built.source_region, built.source_ami, wait)
+    pending: dict[str, str] = {}
+    for region in dict.fromkeys(regions):
+        if region in built.amis:
+            pending[region] = built.amis[region]
+        else:
+            pending[region] = start_copy(
+                aws,
+                built.source_region,
+                source,
+                region,
+                encrypted=encrypted,
+                kms_key_id=kms_key_ids.get(region, ""),
+            )
+    images = {built.source_region: source}
+    for region, ami_id in pending.items():
+        if region not in images:
+            images[region] = wait_available(aws, region, ami_id, wait)
+    for region, image in images.items():
+        extra = (
+            {}
+            if region == built.source_region
+            else {
+                TAG_SOURCE_AMI: built.source_ami,
+                TAG_SOURCE_REGION: built.source_region,
+            }
+        )
+        tag_image(aws, region, image, {**tags, **extra})
+    return images
+
+
+def tags_of(resource: Mapping[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
