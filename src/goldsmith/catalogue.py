@@ -157,13 +157,20 @@ class Catalogue:
 class _Node:
     """A YAML node with the dotted path it was reached by."""
 
-    def __init__(self, node: yaml.Node, path: str) -> None:
+    def __init__(self, node: yaml.Node, path: str, key_line: int = 0) -> None:
         self.node = node
         self.path = path
+        self._key_line = key_line
 
     @property
     def line(self) -> int:
+        """Where the value starts."""
         return self.node.start_mark.line + 1
+
+    @property
+    def key_line(self) -> int:
+        """Where its key is: a mapping's first entry may be lines below its name."""
+        return self._key_line or self.line
 
 
 class _Validator:
@@ -199,15 +206,15 @@ class _Validator:
         allowed = (*required, *optional)
         for key, (line, _) in entries.items():
             if elsewhere and key in elsewhere and key not in allowed:
-                self.problem(line, f"{n.path}.{key}", elsewhere[key])
+                self.problem(line, _join(n.path, key), elsewhere[key])
             elif key not in allowed:
                 hint = _suggest(key, allowed)
                 self.problem(
-                    line, f"{n.path}.{key}", f"unknown key{hint}; allowed: " + ", ".join(allowed)
+                    line, _join(n.path, key), f"unknown key{hint}; allowed: " + ", ".join(allowed)
                 )
         for key in required:
             if key not in entries:
-                self.problem(n.line, n.path, f"missing required key {key!r}")
+                self.problem(n.key_line, n.path, f"missing required key {key!r}")
         return entries
 
     def entries(self, n: _Node, what: str = "a mapping") -> dict[str, tuple[int, _Node]] | None:
@@ -240,7 +247,8 @@ class _Validator:
                 continue
             key = str(key_node.value)
             # flatten_mapping puts merged entries first: later (written) ones win.
-            out[key] = (key_node.start_mark.line + 1, _Node(value_node, _join(n.path, key)))
+            line = key_node.start_mark.line + 1
+            out[key] = (line, _Node(value_node, _join(n.path, key), line))
         return out
 
     def string(
@@ -491,7 +499,7 @@ def _image(
         aws = _aws(v, name, entries["aws"][1])
     elif targets and any(t in AWS_TARGETS for t in targets):
         wanted = ", ".join(t for t in targets if t in AWS_TARGETS)
-        v.problem(n.line, n.path, f"missing required key 'aws' (the image has target {wanted})")
+        v.problem(n.key_line, n.path, f"missing required key 'aws' (the image has target {wanted})")
     if len(v.problems) > before or base is None or playbook is None or targets is None:
         return None
     return Image(name=name, base=base, playbook=playbook, targets=targets, aws=aws)

@@ -1,0 +1,138 @@
+"""Throwaway goldsmith projects, written into tmp_path by each test."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# A valid catalogue for the project `Project.standard()` writes; tests break one thing in it.
+CATALOGUE = """\
+bases:
+  debian12:
+    kind: debootstrap
+    suite: bookworm
+    mirror: http://deb.debian.org/debian
+    disk_size: 4G
+  jammy:
+    kind: cloud-image
+    url: https://cloud-images.ubuntu.com/jammy/current/jammy-server-cloudimg-amd64.img
+    checksum: file:https://cloud-images.ubuntu.com/jammy/current/SHA256SUMS
+
+images:
+  base:
+    base: debian12
+    playbook: playbooks/base.yml
+    targets: [local, aws, twin]
+    aws: &aws
+      source_ami:
+        owners: ["136693071363"]
+        name: "debian-12-amd64-*"
+      ssh_username: admin
+      instance_type: t3.small
+      regions: [eu-west-1, eu-central-1]
+      share_with: []
+      ssm_parameter: /goldsmith/{image}/latest
+      encrypt_boot: true
+      kms_key_id: ""
+      spot: false
+  web:
+    base: debian12
+    playbook: playbooks/web.yml
+    targets: [local, aws, twin]
+    aws:
+      <<: *aws
+      share_with: ["111122223333"]
+  lab:
+    base: jammy
+    playbook: playbooks/base.yml
+    targets: [local]
+"""
+
+PLAY = """\
+- name: {name}
+  hosts: all
+  become: true
+  roles:
+{roles}
+"""
+
+
+class Project:
+    """A goldsmith project in a temporary folder: catalogue, playbooks, roles, specs."""
+
+    # Tests reach these through the fixture: importing conftest would clash with other suites'.
+    CATALOGUE = CATALOGUE
+    REAL_ROOT = PROJECT_ROOT
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def write(self, rel: str, text: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def role(
+        self,
+        name: str,
+        tasks: str | None = None,
+        deps: tuple[str, ...] = (),
+        spec: bool = True,
+        defaults: str | None = None,
+    ) -> Path:
+        """A role with a task (or `tasks`), meta dependencies `deps`, and a spec if `spec`."""
+        role = self.root / "roles" / name
+        self.write(
+            f"roles/{name}/tasks/main.yml",
+            tasks or f"- name: Say {name}\n  ansible.builtin.debug:\n    msg: {name}\n",
+        )
+        if deps:
+            self.write(
+                f"roles/{name}/meta/main.yml",
+                "dependencies:\n" + "".join(f"  - role: {d}\n" for d in deps),
+            )
+        if defaults is not None:
+            self.write(f"roles/{name}/defaults/main.yml", defaults)
+        if spec:
+            self.write(f"tests/spec/{name}/test_{name}.py", "def test_it(host):\n    assert host\n")
+        return role
+
+    def playbook(self, name: str, *roles: str, text: str | None = None) -> Path:
+        """playbooks/<name>.yml applying `roles` in one play (or the given `text`)."""
+        body = text or PLAY.format(name=name, roles="".join(f"    - {r}\n" for r in roles))
+        return self.write(f"playbooks/{name}.yml", body)
+
+    def catalogue(self, text: str = CATALOGUE) -> Path:
+        return self.write("images.yml", text)
+
+    def standard(self) -> Project:
+        """Roles, playbooks and catalogue for which CATALOGUE is valid."""
+        self.role("common")
+        self.role("nginx", deps=("common",))
+        self.playbook("base", "common")
+        self.playbook("web", "nginx")
+        self.catalogue()
+        return self
+
+    def line(self, rel: str, needle: str, nth: int = 1) -> int:
+        """The 1-based line number of the `nth` line of `rel` containing `needle`."""
+        text = (self.root / rel).read_text().splitlines()
+        hits = [i for i, line in enumerate(text, 1) if needle in line]
+        assert len(hits) >= nth, f"{needle!r} is not {nth} times in {rel}"
+        return hits[nth - 1]
+
+    def lint_config(self) -> None:
+        """The real project's lint configuration, so tests prove that configuration."""
+        for name in (".yamllint", ".ansible-lint"):
+            shutil.copy(PROJECT_ROOT / name, self.root / name)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path)
