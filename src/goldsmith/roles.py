@@ -254,7 +254,8 @@ class _Resolver:
             raise RoleError(f"{_where(path, self.root, where)}: {key}: no role name in {ref!r}")
         if "{{" in name:
             raise RoleError(
-                f"{_where(path, self.root, where)}: {key}: templated role name {str(name)!r}; "
+                f"{_where(path, self.root, name if getattr(name, 'line', 0) else where)}: "
+                f"{key}: templated role name {str(name)!r}; "
                 "goldsmith must know which roles an image applies to pick their specs, "
                 "so role names must be literal"
             )
