@@ -1,0 +1,169 @@
+# Variables of the amazon-ebs source (the `aws` and `twin` targets). goldsmith sets them
+# from images.yml and the build (goldsmith.aws.packer_vars); every one has a default so
+# `packer validate` passes for a build that only uses the qemu source.
+#
+# IMDSv2: Packer 1.6.6's amazon-ebs has no `metadata_options` (nor the AMI-level
+# `imds_support`, which needs the amazon plugin >= 1.1 on Packer >= 1.7). Until goldsmith
+# runs on a newer Packer, require IMDSv2 for the builder with the account default
+# (`aws ec2 modify-instance-metadata-defaults --http-tokens required`), which also covers
+# every instance launched from the published AMIs.
+
+variable "aws_region" {
+  type        = string
+  default     = "eu-west-1"
+  description = "Region the builder runs in; the AMI is copied to the image's other regions after its specs pass."
+}
+
+variable "aws_endpoint_ec2" {
+  type        = string
+  default     = ""
+  description = "EC2 endpoint override: the twin's URL; empty for real AWS."
+}
+
+variable "aws_source_ami_owners" {
+  type        = list(string)
+  default     = ["136693071363"]
+  description = "Owners the source AMI must belong to (images.yml aws.source_ami.owners)."
+}
+
+variable "aws_source_ami_name" {
+  type        = string
+  default     = "debian-12-amd64-*"
+  description = "Name pattern of the source AMI; the most recent match is used."
+}
+
+variable "aws_instance_type" {
+  type    = string
+  default = "t3.small"
+}
+
+variable "aws_ami_name" {
+  type        = string
+  default     = ""
+  description = "Name of the AMI; empty gives goldsmith-<image>-<UTC timestamp>."
+}
+
+variable "aws_root_device_name" {
+  type        = string
+  default     = "/dev/xvda"
+  description = "Root device of the source AMI (Debian's is /dev/xvda): its launch volume is encrypted."
+}
+
+variable "aws_volume_size" {
+  type    = number
+  default = 8
+}
+
+variable "aws_volume_type" {
+  type    = string
+  default = "gp3"
+}
+
+variable "aws_encrypt_boot" {
+  type        = bool
+  default     = true
+  description = "Encrypt the builder's root volume, so the AMI's snapshot is encrypted."
+}
+
+variable "aws_kms_key_id" {
+  type        = string
+  default     = ""
+  description = "KMS key for the encrypted volume; empty uses the account's default EBS key."
+}
+
+variable "aws_spot" {
+  type        = bool
+  default     = false
+  description = "Run the builder on a spot instance at the current price."
+}
+
+variable "aws_subnet_id" {
+  type        = string
+  default     = ""
+  description = "Subnet for the builder; empty uses the default VPC."
+}
+
+variable "aws_ssh_interface" {
+  type        = string
+  default     = ""
+  description = "How Packer reaches the builder: empty (public or private IP), private_ip, or session_manager (needs aws_iam_instance_profile with SSM access)."
+}
+
+variable "aws_iam_instance_profile" {
+  type    = string
+  default = ""
+}
+
+variable "aws_ssh_source_cidrs" {
+  type        = list(string)
+  default     = ["127.0.0.1/32"]
+  description = "Who may reach the builder's SSH port: goldsmith passes the builder's own address (/32). The default admits nobody, never 0.0.0.0/0."
+}
+
+variable "aws_ssh_username" {
+  type    = string
+  default = "admin"
+}
+
+variable "aws_ssh_keypair_name" {
+  type        = string
+  default     = ""
+  description = "EC2 key pair goldsmith imported for this build; empty lets Packer make a temporary one."
+}
+
+variable "aws_ssh_private_key_file" {
+  type        = string
+  default     = ""
+  description = "Private half of aws_ssh_keypair_name."
+}
+
+variable "aws_ssh_host" {
+  type        = string
+  default     = ""
+  description = "Twin only: the stand-in VM's address; empty on real AWS (Packer uses the instance's)."
+}
+
+variable "aws_ssh_port" {
+  type        = number
+  default     = 22
+  description = "Twin only: the stand-in VM's forwarded SSH port."
+}
+
+variable "aws_wait_delay_seconds" {
+  type        = number
+  default     = 15
+  description = "Poll interval of Packer's AWS waiters."
+}
+
+variable "aws_wait_max_attempts" {
+  type        = number
+  default     = 240
+  description = "Polls before Packer's AWS waiters give up: 240 x 15 s = 1 h, for slow snapshots."
+}
+
+# Provenance, on the builder instance, its volumes, the AMI and its snapshots.
+variable "aws_image" {
+  type    = string
+  default = "unnamed"
+}
+
+variable "aws_git_sha" {
+  type    = string
+  default = "unknown"
+}
+
+variable "aws_fingerprint" {
+  type    = string
+  default = "unknown"
+}
+
+variable "aws_build_id" {
+  type    = string
+  default = "manual"
+}
+
+variable "aws_roles" {
+  type        = string
+  default     = ""
+  description = "The playbook's roles, comma-separated."
+}
