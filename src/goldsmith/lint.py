@@ -75,13 +75,18 @@ def ruff_format(root: Path) -> bool:
 
 
 def packer_fmt(root: Path) -> bool:
-    """`packer fmt -check` on packer/: templates are committed formatted."""
-    # packer 1.6 fails on a folder without HCL2 files rather than finding nothing to do.
-    if not any((root / "packer").glob("*.pkr*.hcl")):
+    """`packer fmt -check` on every folder of packer/ with templates (packer 1.6 cannot recurse)."""
+    # packer 1.6 also fails on a folder without HCL2 files rather than finding nothing to do.
+    folders = sorted({p.parent for p in (root / "packer").rglob("*.pkr*.hcl")})
+    if not folders:
         tools.log("packer-fmt", "no packer/*.pkr.hcl; nothing to check")
         return True
     tools.require("packer")
-    return _run([venv_bin("packer"), "fmt", "-check", "packer"], "packer-fmt", root)
+    results = [
+        _run([venv_bin("packer"), "fmt", "-check", f.relative_to(root)], "packer-fmt", root)
+        for f in folders
+    ]
+    return all(results)
 
 
 def packer_validate(root: Path) -> bool:
@@ -150,7 +155,8 @@ def lint(root: Path, only: Sequence[str] | None = None) -> None:
             tools.log("lint", f"ok      {name} ({took})")
         else:
             tools.log("lint", f"FAILED  {name} ({took}){': ' + reason if reason else ''}")
-            failed.append(f"{name}: {reason}" if reason else name)
+            # A reason of several lines (a catalogue error, say) stays under its check.
+            failed.append(f"{name}: {reason}".replace("\n", "\n    ") if reason else name)
     if failed:
         raise GoldsmithError(
             "lint failed (see the output above):\n" + "\n".join(f"  - {f}" for f in failed)
