@@ -69,7 +69,9 @@ def image_path(base: Base, root: Path) -> Path:
 def ensure(base: Base, root: Path) -> Path:
     """Return the path of the built base, building it first if this definition has none."""
     if base.kind != "debootstrap":
-        raise GoldsmithError(f"base {base.name!r} is a {base.kind}: Packer fetches it, nothing to build")
+        raise GoldsmithError(
+            f"base {base.name!r} is a {base.kind}: Packer fetches it, nothing to build"
+        )
     out = image_path(base, root)
     if out.is_file():
         tools.log("base", f"{base.name} is up to date ({out.parent.name}); nothing to build")
@@ -137,8 +139,14 @@ def _debootstrap(base: Base, rootfs: Path, stack: ExitStack) -> None:
     for unit in ("goldsmith-build-credential.service", "goldsmith-hostkeys.service"):
         shutil.copy(DATA / unit, etc / "systemd/system" / unit)
     _chroot(
-        rootfs, "systemctl", "enable", "systemd-networkd", "systemd-resolved", "ssh",
-        "goldsmith-build-credential", "goldsmith-hostkeys",
+        rootfs,
+        "systemctl",
+        "enable",
+        "systemd-networkd",
+        "systemd-resolved",
+        "ssh",
+        "goldsmith-build-credential",
+        "goldsmith-hostkeys",
     )
     # The console on the serial port too, so a boot can be read from a log.
     grub_less_cmdline = "console=tty0 console=ttyS0,115200 net.ifnames=1"
@@ -156,8 +164,22 @@ def _debootstrap(base: Base, rootfs: Path, stack: ExitStack) -> None:
 def _make_disk(base: Base, rootfs: Path, raw: Path, stack: ExitStack) -> None:
     tools.run(["truncate", "-s", base.disk_size, raw], prefix="base")
     tools.run(
-        ["parted", "-s", raw, "mklabel", "msdos", "mkpart", "primary", "ext4", "1MiB", "100%",
-         "set", "1", "boot", "on"],
+        [
+            "parted",
+            "-s",
+            raw,
+            "mklabel",
+            "msdos",
+            "mkpart",
+            "primary",
+            "ext4",
+            "1MiB",
+            "100%",
+            "set",
+            "1",
+            "boot",
+            "on",
+        ],
         prefix="parted",
     )
     loop = tools.capture(

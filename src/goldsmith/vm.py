@@ -28,11 +28,16 @@ from .paths import cache_dir, project_root
 QEMU = "qemu-system-x86_64"
 BUILD_USER = "goldsmith"
 SSH_OPTIONS = [
-    "-o", "StrictHostKeyChecking=no",
-    "-o", "UserKnownHostsFile=/dev/null",
-    "-o", "LogLevel=ERROR",
-    "-o", "IdentitiesOnly=yes",
-    "-o", "ConnectTimeout=5",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "ConnectTimeout=5",
 ]
 
 
@@ -62,12 +67,25 @@ class VM:
         return self.pid > 0 and _alive(self.pid)
 
     def ssh_argv(self, *command: str) -> list[str]:
-        return ["ssh", *SSH_OPTIONS, "-i", str(self.key), "-p", str(self.ssh_port),
-                f"{self.user}@127.0.0.1", *command]
+        return [
+            "ssh",
+            *SSH_OPTIONS,
+            "-i",
+            str(self.key),
+            "-p",
+            str(self.ssh_port),
+            f"{self.user}@127.0.0.1",
+            *command,
+        ]
 
     def ssh(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(self.ssh_argv(*command), capture_output=True, text=True,
-                              check=check, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            self.ssh_argv(*command),
+            capture_output=True,
+            text=True,
+            check=check,
+            stdin=subprocess.DEVNULL,
+        )
 
     def save(self) -> None:
         data = asdict(self)
@@ -102,8 +120,9 @@ def vms_dir(root: Path) -> Path:
 def make_key(path: Path) -> str:
     """A fresh ed25519 key for one build or one VM; returns the public key line."""
     path.unlink(missing_ok=True)
-    tools.capture(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "goldsmith-build",
-                   "-f", str(path)])
+    tools.capture(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "goldsmith-build", "-f", str(path)]
+    )
     return Path(f"{path}.pub").read_text().strip()
 
 
@@ -150,7 +169,9 @@ def accelerator(root: Path | None = None, probe_image: Path | None = None) -> st
     _ACCEL = _probe_kvm(probe_image)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"version": version, "accel": _ACCEL}))
-    tools.log("vm", f"accelerator: {_ACCEL} (KVM {'works' if _ACCEL == 'kvm' else 'does not work'} here)")
+    tools.log(
+        "vm", f"accelerator: {_ACCEL} (KVM {'works' if _ACCEL == 'kvm' else 'does not work'} here)"
+    )
     return _ACCEL
 
 
@@ -159,13 +180,43 @@ def _probe_kvm(image: Path, seconds: float = 20) -> str:
 
     with tempfile.TemporaryDirectory(prefix="goldsmith-kvm-") as tmp:
         overlay = Path(tmp) / "probe.qcow2"
-        tools.capture(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                       str(image.resolve()), str(overlay)])
+        tools.capture(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                str(image.resolve()),
+                str(overlay),
+            ]
+        )
         serial = Path(tmp) / "serial.log"
         proc = subprocess.Popen(
-            [QEMU, "-accel", "kvm", "-machine", "q35", "-m", "512", "-display", "none",
-             "-drive", f"file={overlay},if=virtio", "-serial", f"file:{serial}", "-nic", "none"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            [
+                QEMU,
+                "-accel",
+                "kvm",
+                "-machine",
+                "q35",
+                "-m",
+                "512",
+                "-display",
+                "none",
+                "-drive",
+                f"file={overlay},if=virtio",
+                "-serial",
+                f"file:{serial}",
+                "-nic",
+                "none",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         try:
             deadline = time.monotonic() + seconds
@@ -179,8 +230,15 @@ def _probe_kvm(image: Path, seconds: float = 20) -> str:
             tools.stop_group(proc, grace=2)
 
 
-def up(name: str, image: Path, *, root: Path | None = None, forward: tuple[int, ...] = (),
-       memory: str = "2048", timeout: float = 300) -> VM:
+def up(
+    name: str,
+    image: Path,
+    *,
+    root: Path | None = None,
+    forward: tuple[int, ...] = (),
+    memory: str = "2048",
+    timeout: float = 300,
+) -> VM:
     """Boot `name` from `image` (an overlay; the image is never written) and wait for SSH."""
     root = root or project_root()
     existing = status(name, root)
@@ -197,18 +255,47 @@ def up(name: str, image: Path, *, root: Path | None = None, forward: tuple[int, 
     vm.forwards = {22: vm.ssh_port, **{p: free_port() for p in forward}}
     public = make_key(vm.key)
     overlay = vdir / "disk.qcow2"
-    tools.capture(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                   str(image.resolve()), str(overlay)])
+    tools.capture(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            str(image.resolve()),
+            str(overlay),
+        ]
+    )
     accel = accelerator(root, image)
     fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in vm.forwards.items())
     argv = [
-        QEMU, "-name", f"goldsmith-{name}", "-accel", accel, "-machine", "q35",
-        "-m", memory, "-smp", "2", "-display", "none", "-daemonize",
-        "-pidfile", str(vdir / "qemu.pid"),
-        "-drive", f"file={overlay},if=virtio",
-        "-nic", f"user,model=virtio-net-pci,{fwd}",
-        "-serial", f"file:{vdir / 'serial.log'}",
-        "-smbios", smbios_credential(public),
+        QEMU,
+        "-name",
+        f"goldsmith-{name}",
+        "-accel",
+        accel,
+        "-machine",
+        "q35",
+        "-m",
+        memory,
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-daemonize",
+        "-pidfile",
+        str(vdir / "qemu.pid"),
+        "-drive",
+        f"file={overlay},if=virtio",
+        "-nic",
+        f"user,model=virtio-net-pci,{fwd}",
+        "-serial",
+        f"file:{vdir / 'serial.log'}",
+        "-smbios",
+        smbios_credential(public),
     ]
     if accel == "tcg":
         argv[argv.index("-accel") + 1] = "tcg,thread=multi"
@@ -234,8 +321,9 @@ def wait_ssh(vm: VM, timeout: float = 300) -> None:
         if vm.ssh("true", check=False).returncode == 0:
             return
         time.sleep(2)
-    raise GoldsmithError(f"VM {vm.name} did not answer SSH within {timeout:.0f}s; "
-                         f"see {vm.dir / 'serial.log'}")
+    raise GoldsmithError(
+        f"VM {vm.name} did not answer SSH within {timeout:.0f}s; see {vm.dir / 'serial.log'}"
+    )
 
 
 def status(name: str, root: Path | None = None) -> VM | None:
@@ -285,8 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("up", help="boot a VM from an image (default: the built debian12 base)")
     u.add_argument("--name", default="dev")
     u.add_argument("--image", type=Path, help="qcow2 to boot (default: the newest built base)")
-    u.add_argument("--forward", type=int, action="append", default=[],
-                   help="guest TCP port to forward to loopback (repeatable)")
+    u.add_argument(
+        "--forward",
+        type=int,
+        action="append",
+        default=[],
+        help="guest TCP port to forward to loopback (repeatable)",
+    )
     for c in ("down", "status"):
         sub.add_parser(c).add_argument("--name", default="dev")
     args = p.parse_args(argv)
@@ -295,14 +388,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "up":
             image = args.image or _newest_base(root)
             vm = up(args.name, image, root=root, forward=tuple(args.forward))
-            print(json.dumps({"url": vm.url(), "port": vm.ssh_port, "key": str(vm.key),
-                              "user": vm.user, "forwards": vm.forwards}))
+            print(
+                json.dumps(
+                    {
+                        "url": vm.url(),
+                        "port": vm.ssh_port,
+                        "key": str(vm.key),
+                        "user": vm.user,
+                        "forwards": vm.forwards,
+                    }
+                )
+            )
         elif args.cmd == "down":
             down(args.name, root)
         else:
             vm = status(args.name, root)
-            print(json.dumps({"running": bool(vm and vm.running()),
-                              "url": vm.url() if vm else None}))
+            print(
+                json.dumps({"running": bool(vm and vm.running()), "url": vm.url() if vm else None})
+            )
     except GoldsmithError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -310,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _newest_base(root: Path) -> Path:
-    found = sorted((cache_dir(root) / "bases").glob("*/base.qcow2"), key=lambda p: p.stat().st_mtime)
+    found = sorted(
+        (cache_dir(root) / "bases").glob("*/base.qcow2"), key=lambda p: p.stat().st_mtime
+    )
     if not found:
         raise GoldsmithError("no base image built yet: run `./run base`")
     return found[-1]

@@ -1,0 +1,41 @@
+# One build for every target: the playbook, then the specs against the live machine,
+# then the seal. A failing spec fails the build before anything is sealed or saved.
+build {
+  name    = "goldsmith"
+  sources = ["source.qemu.local"]
+
+  provisioner "ansible" {
+    playbook_file    = var.playbook
+    command          = var.ansible_playbook
+    user             = var.build_user
+    use_proxy        = false
+    ansible_env_vars = var.ansible_env_vars
+    extra_arguments  = ["--extra-vars", "ansible_python_interpreter=/usr/bin/python3"]
+  }
+
+  provisioner "shell-local" {
+    environment_vars = [
+      "GOLDSMITH_SPEC_HOST=${build.Host}",
+      "GOLDSMITH_SPEC_PORT=${build.Port}",
+      "GOLDSMITH_SPEC_USER=${var.build_user}",
+    ]
+    inline = [var.spec_command]
+  }
+
+  provisioner "file" {
+    source      = var.seal_script
+    destination = "/tmp/goldsmith-seal.sh"
+  }
+
+  post-processor "manifest" {
+    output     = var.manifest_path
+    strip_path = false
+    custom_data = {
+      image       = var.image_name
+      git_sha     = var.git_sha
+      build_id    = var.build_id
+      fingerprint = var.fingerprint
+      roles       = var.roles
+    }
+  }
+}

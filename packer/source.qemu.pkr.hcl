@@ -1,0 +1,35 @@
+# The local target: a QEMU VM on this machine, booted from the base disk through its
+# own boot loader. The build credential reaches the guest as an SMBIOS OEM string.
+source "qemu" "local" {
+  vm_name          = "${var.image_name}.qcow2"
+  iso_url          = var.base_image
+  iso_checksum     = var.base_checksum
+  disk_image       = true
+  use_backing_file = false
+  format           = "qcow2"
+  disk_size        = var.disk_size
+  disk_compression = true
+  output_directory = var.output_directory
+  accelerator      = var.accelerator
+  cpus             = var.cpus
+  memory           = var.memory
+  headless         = true
+  net_device       = "virtio-net"
+  disk_interface   = "virtio"
+  qemuargs = [
+    ["-smbios", var.build_credential],
+  ]
+
+  communicator         = "ssh"
+  ssh_username         = var.build_user
+  ssh_private_key_file = var.ssh_private_key_file
+  ssh_timeout          = "10m"
+  host_port_min        = var.ssh_host_port
+  host_port_max        = var.ssh_host_port
+  vnc_bind_address     = "127.0.0.1"
+
+  # The seal removes the build user, so it is the shutdown: it runs as root over
+  # the build's open connection and powers the machine off itself.
+  shutdown_command = "sudo -n env GOLDSMITH_SEAL_POWEROFF=1 sh /tmp/goldsmith-seal.sh"
+  shutdown_timeout = "5m"
+}

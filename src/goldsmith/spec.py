@@ -1,0 +1,195 @@
+"""Run specs: the testinfra specs of an image's roles, against a live machine or a sealed disk.
+
+Which specs run is decided by the playbook (goldsmith.roles, after ansible_spec): the
+roles it applies and their dependencies, each role's tests/spec/<role>/. A role with no
+spec is reported as uncovered, never skipped in silence. The hygiene spec is not a role's:
+every image gets it, against what ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import tools
+from .errors import GoldsmithError
+from .roles import RoleMap
+
+HYGIENE = "hygiene"
+
+
+@dataclass
+class SpecResult:
+    """What a spec run proved: counts, the failing tests by name, the JUnit file."""
+
+    junit: Path
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.passed > 0
+
+    def as_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "failures": self.failures,
+        }
+
+
+def spec_root(root: Path) -> Path:
+    return root / "tests" / "spec"
+
+
+def hygiene_dir(root: Path) -> Path:
+    return spec_root(root) / HYGIENE
+
+
+def ssh_config(path: Path) -> Path:
+    """An ssh_config for build machines: their host keys are new every boot."""
+    path.write_text(
+        "Host *\n"
+        "  StrictHostKeyChecking no\n"
+        "  UserKnownHostsFile /dev/null\n"
+        "  LogLevel ERROR\n"
+        "  IdentitiesOnly yes\n"
+    )
+    return path
+
+
+def report_coverage(role_map: RoleMap) -> None:
+    covered = ", ".join(role_map.specs) or "none"
+    tools.log("spec", f"roles with specs: {covered}")
+    for role in role_map.uncovered:
+        tools.log("spec", f"UNCOVERED: role {role!r} has no spec in tests/spec/{role}/")
+
+
+def run(
+    paths: list[Path],
+    *,
+    hosts: str,
+    junit: Path,
+    root: Path,
+    ssh_key: Path | None = None,
+    sudo: bool = False,
+    connection: str | None = None,
+    suite: str = "spec",
+    extra_env: dict[str, str] | None = None,
+) -> SpecResult:
+    """Run pytest/testinfra over `paths` against `hosts`; return the parsed JUnit result."""
+    if not paths:
+        raise GoldsmithError("no specs to run")
+    junit.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="goldsmith-spec-") as tmp:
+        argv = [
+            sys.executable,
+            "-m",
+            "pytest",
+            *map(str, paths),
+            f"--hosts={hosts}",
+            f"--junitxml={junit}",
+            "-o",
+            f"junit_suite_name={suite}",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(spec_root(root)),
+            "-q",
+            "--color=no",
+            "-rfE",
+        ]
+        if hosts.startswith("ssh://") or hosts.startswith("paramiko://"):
+            argv.append(f"--ssh-config={ssh_config(Path(tmp) / 'ssh_config')}")
+        if ssh_key:
+            argv.append(f"--ssh-identity-file={ssh_key}")
+        if sudo:
+            argv.append("--sudo")
+        if connection:
+            argv.append(f"--connection={connection}")
+        env = {"GOLDSMITH_ROOT": str(root), **(extra_env or {})}
+        code = tools.run(argv, prefix=suite, env=env, cwd=root, check=False)
+    result = parse_junit(junit)
+    if code not in (0, 1) and result.failed == 0:
+        # pytest itself failed (collection error, bad option): never count that as a pass.
+        result.failed += 1
+        result.failures.append(f"pytest exited with code {code} (see the output above)")
+    return result
+
+
+def parse_junit(junit: Path) -> SpecResult:
+    result = SpecResult(junit=junit)
+    if not junit.is_file():
+        return result
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        if case.find("failure") is not None or case.find("error") is not None:
+            result.failed += 1
+            result.failures.append(name)
+        elif case.find("skipped") is not None:
+            result.skipped += 1
+        else:
+            result.passed += 1
+    return result
+
+
+def merge_junit(parts: list[Path], out: Path) -> None:
+    """One JUnit file (a <testsuites> of every part's suites), as CodeBuild reports want."""
+    suites = ET.Element("testsuites")
+    for part in parts:
+        if not part.is_file():
+            continue
+        node = ET.parse(part).getroot()
+        for suite in [node] if node.tag == "testsuite" else list(node.iter("testsuite")):
+            suites.append(suite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(suites).write(out, encoding="utf-8", xml_declaration=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m goldsmith.spec live ...`: the build's spec step, run by Packer's shell-local.
+
+    Packer hands the machine's address over in GOLDSMITH_SPEC_HOST/PORT/USER.
+    """
+    from .roles import resolve
+
+    p = argparse.ArgumentParser(prog="python -m goldsmith.spec")
+    p.add_argument("mode", choices=["live"])
+    p.add_argument("--playbook", type=Path, required=True)
+    p.add_argument("--junit", type=Path, required=True)
+    p.add_argument("--key", type=Path, required=True)
+    p.add_argument("--root", type=Path, required=True)
+    args = p.parse_args(argv)
+    host = os.environ.get("GOLDSMITH_SPEC_HOST", "127.0.0.1")
+    port = os.environ.get("GOLDSMITH_SPEC_PORT", "22")
+    user = os.environ.get("GOLDSMITH_SPEC_USER", "goldsmith")
+    role_map = resolve(args.playbook, args.root)
+    report_coverage(role_map)
+    result = run(
+        list(role_map.specs.values()),
+        hosts=f"ssh://{user}@{host}:{port}",
+        junit=args.junit,
+        root=args.root,
+        ssh_key=args.key,
+        sudo=True,
+        suite="spec",
+    )
+    if not result.ok:
+        for f in result.failures:
+            tools.log("spec", f"FAILED {f}")
+        tools.log("spec", f"{result.failed} spec(s) failed: the image will not be sealed")
+        return 1
+    tools.log("spec", f"{result.passed} passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
