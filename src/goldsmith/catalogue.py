@@ -201,8 +201,19 @@ class _Validator:
         `elsewhere` explains keys that are valid in another case (another base kind).
         """
         entries = self.entries(n, what)
-        if entries is None:
-            return None
+        if entries is not None:
+            self.check_keys(n, entries, required, optional, elsewhere)
+        return entries
+
+    def check_keys(
+        self,
+        n: _Node,
+        entries: dict[str, tuple[int, _Node]],
+        required: tuple[str, ...],
+        optional: tuple[str, ...],
+        elsewhere: dict[str, str] | None = None,
+    ) -> None:
+        """Report unknown keys (with a did-you-mean) and missing required keys."""
         allowed = (*required, *optional)
         for key, (line, _) in entries.items():
             if elsewhere and key in elsewhere and key not in allowed:
@@ -215,7 +226,6 @@ class _Validator:
         for key in required:
             if key not in entries:
                 self.problem(n.key_line, n.path, f"missing required key {key!r}")
-        return entries
 
     def entries(self, n: _Node, what: str = "a mapping") -> dict[str, tuple[int, _Node]] | None:
         if not isinstance(n.node, yaml.MappingNode):
@@ -383,6 +393,8 @@ def _named(v: _Validator, n: _Node, what: str) -> Iterator[tuple[str, int, _Node
 
 def _declared(top: dict[str, tuple[int, _Node]], key: str) -> set[str]:
     """Names declared under `key`, valid or not, so one bad base is not reported twice."""
+    if key not in top:
+        return set()
     node = top[key][1].node
     if not isinstance(node, yaml.MappingNode):
         return set()
@@ -397,41 +409,34 @@ BASE_KEYS = {
 
 def _base(v: _Validator, name: str, n: _Node) -> Base | None:
     before = len(v.problems)
-    kind = None
-    if isinstance(n.node, yaml.MappingNode):
-        for key_node, value_node in n.node.value:
-            if getattr(key_node, "value", None) == "kind":
-                kind_node = _Node(value_node, f"{n.path}.kind")
-                kind = v.string(kind_node)
-                if kind is not None and kind not in KINDS:
-                    v.problem(
-                        kind_node.line,
-                        kind_node.path,
-                        f"unknown kind {kind!r}{_suggest(kind, KINDS)}; kinds: {', '.join(KINDS)}",
-                    )
-                    kind = None
-    required, optional = BASE_KEYS.get(kind or "debootstrap", BASE_KEYS["debootstrap"])
-    # Keys that belong to the other kind are named as such, not as unknown.
-    elsewhere = (
-        {
-            key: f"only for kind {other!r}; this base is kind {kind!r}"
-            for other, keys in BASE_KEYS.items()
-            if other != kind
-            for key in (*keys[0], *keys[1])
-        }
-        if kind
-        else {}
-    )
-    entries = v.mapping(
-        n,
-        required if kind else ("kind",),
-        optional
-        if kind
-        else tuple(k for r, o in BASE_KEYS.values() for k in (*r, *o) if k != "kind"),
-        elsewhere=elsewhere,
-    )
-    if entries is None or kind is None:
+    entries = v.entries(n)
+    if entries is None:
         return None
+    kind = None
+    if "kind" in entries:
+        kind_node = entries["kind"][1]
+        kind = v.string(kind_node)
+        if kind is not None and kind not in KINDS:
+            v.problem(
+                kind_node.line,
+                kind_node.path,
+                f"unknown kind {kind!r}{_suggest(kind, KINDS)}; kinds: {', '.join(KINDS)}",
+            )
+            kind = None
+    if kind is None:
+        # Without a kind the other keys cannot be judged; only unknown ones are reported.
+        every = tuple(dict.fromkeys(k for r, o in BASE_KEYS.values() for k in (*r, *o)))
+        v.check_keys(n, entries, ("kind",), tuple(k for k in every if k != "kind"))
+        return None
+    required, optional = BASE_KEYS[kind]
+    # Keys that belong to the other kind are named as such, not as unknown.
+    elsewhere = {
+        key: f"only for kind {other!r}; this base is kind {kind!r}"
+        for other, keys in BASE_KEYS.items()
+        if other != kind
+        for key in (*keys[0], *keys[1])
+    }
+    v.check_keys(n, entries, required, optional, elsewhere)
 
     def get(key: str, default: str = "", **kw: Any) -> str | None:
         return v.string(entries[key][1], **kw) if key in entries else default

@@ -183,6 +183,10 @@ def test_error_in_an_anchor_is_reported_where_it_is_written(project: Project) ->
         ("    checksum: file:https", "    checksum: sha256:abc\n    x: file:https",
          "bases.jammy.checksum", "'sha256:abc' is not 'sha256:<hex>'"),
         ("images:\n", "image:\n", "image", "unknown key (did you mean 'images'?)"),
+        ("bases:\n", "base:\n", "base", "unknown key (did you mean 'bases'?)"),
+        ("    kind: debootstrap\n", "", "bases.debian12", "missing required key 'kind'"),
+        ("    kind: debootstrap\n", "    suite2: x\n", "bases.debian12.suite2",
+         "unknown key (did you mean 'suite'?)"),
         ("  lab:\n", "  Lab:\n", "images.Lab", "name 'Lab' must be lower-case"),
     ],
 )  # fmt: skip
