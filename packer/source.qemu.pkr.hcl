@@ -14,6 +14,7 @@ source "qemu" "local" {
   cpus             = var.cpus
   memory           = var.memory
   headless         = true
+  boot_wait        = "1s"
   net_device       = "virtio-net"
   disk_interface   = "virtio"
   qemuargs = [

@@ -222,11 +222,11 @@ def bake_local(p: Plan, *, force: bool, started: float) -> Path:
         template = packer.template_dir(root, work / "packer")
         var_file = packer.write_vars(values, work / "build.pkrvars.hcl")
         packer.init(template)
-        packer.validate(template, var_file, only="qemu.local")
+        packer.validate(template, var_file, only="goldsmith.qemu.local")
         phases = packer.Timings()
         tools.log("phase", f"bake {image.name} ({values['accelerator']})")
         try:
-            packer.build(template, var_file, only="qemu.local", cwd=root, on_line=phases.line)
+            packer.build(template, var_file, only="goldsmith.qemu.local", cwd=root, on_line=phases.line)
         except ToolError:
             failed = spec.parse_junit(live_junit)
             if failed.failures:
@@ -237,6 +237,8 @@ def bake_local(p: Plan, *, force: bool, started: float) -> Path:
             raise
         timings.update(phases.finish())
         baked = work / "output" / f"{image.name}.qcow2"
+        if not baked.is_file():
+            raise GoldsmithError(f"{image.name}: Packer finished without writing {baked.name}")
 
         t = time.monotonic()
         tools.log("phase", "prove the seal on the output disk")
