@@ -278,7 +278,7 @@ def bake_local(p: Plan, *, force: bool, started: float) -> Path:
             "timings": timings,
             "specs": {"live": live.as_dict(), "hygiene": hygiene.as_dict()},
             "tools": fingerprint.tool_versions(),
-            "packer_manifest": json.loads((work / "packer-manifest.json").read_text()),
+            "packer_manifest": _packer_manifest(work / "packer-manifest.json"),
         }
         shutil.move(str(baked), qcow2)
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -292,3 +292,12 @@ def bake_local(p: Plan, *, force: bool, started: float) -> Path:
     finally:
         kill_strays(str(work))
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _packer_manifest(path: Path) -> dict:
+    """Packer's own manifest, with the build's temporary paths reduced to file names."""
+    data = json.loads(path.read_text())
+    for b in data.get("builds", []):
+        for f in b.get("files") or []:
+            f["name"] = Path(f["name"]).name
+    return data

@@ -1,0 +1,70 @@
+"""Fixtures for real builds: throwaway projects that share the real project's base cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def qemu_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def invoke(root: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+    """Run goldsmith's tasks as a user would, in `root`; output is kept for the assertions."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
+        cwd=root, env={**os.environ, "GOLDSMITH_ROOT": str(root)},
+        capture_output=True, text=True, timeout=timeout,
+    )
+    sys.stdout.write(proc.stdout[-20000:])
+    sys.stderr.write(proc.stderr[-5000:])
+    return proc
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    """A copy of the project (catalogue, roles, playbooks, specs, packer) to break on purpose.
+
+    Its .cache is the real project's, so the base image is built once for the whole suite.
+    """
+    for name in ("images.yml", "roles", "playbooks", "packer", "tests/spec"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name)
+        elif src.is_file():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, tmp_path / name)
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    (tmp_path / ".cache").symlink_to(ROOT / ".cache")
+    return tmp_path
+
+
+def add_mini_image(project: Path, spec_body: str) -> None:
+    """A one-role image that bakes in about a minute, for tests of the bake's failure paths."""
+    (project / "roles/mini/tasks").mkdir(parents=True)
+    (project / "roles/mini/tasks/main.yml").write_text(
+        "---\n- name: Write the marker file\n  ansible.builtin.copy:\n"
+        "    dest: /etc/mini\n    content: \"hello\\n\"\n    mode: \"0644\"\n"
+    )
+    (project / "playbooks/mini.yml").write_text(
+        "---\n- name: Mini\n  hosts: all\n  become: true\n  roles: [mini]\n"
+    )
+    (project / "tests/spec/mini").mkdir(parents=True)
+    (project / "tests/spec/mini/test_mini.py").write_text(spec_body)
+    text = (project / "images.yml").read_text()
+    text = text.replace(
+        "\nimages:\n",
+        "\nimages:\n  mini:\n    base: debian12\n    playbook: playbooks/mini.yml\n"
+        "    targets: [local]\n",
+        1,
+    )
+    (project / "images.yml").write_text(text)
