@@ -30,9 +30,6 @@ DENIED_CODES = frozenset(
     }
 )
 
-# Retries in "adaptive" mode ride out the API throttling a batch of parallel bakes causes.
-_CONFIG = botocore.config.Config(retries={"max_attempts": 10, "mode": "adaptive"})
-
 
 class AwsError(GoldsmithError):
     """An AWS API call failed; `code` is AWS's error code, `action` the IAM action name."""
@@ -69,6 +66,9 @@ def translate_core(
             f"cannot reach AWS at {client.meta.endpoint_url} ({region}): {err}; "
             "if that is the twin, is it up? (`invoke twin.up`)"
         )
+    if isinstance(err, botocore.exceptions.ParamValidationError):
+        service = client.meta.service_model.service_name
+        return GoldsmithError(f"invalid {service} request in {region}: {err}")
     return GoldsmithError(f"AWS call in {region} failed before reaching AWS: {err}")
 
 
@@ -156,6 +156,8 @@ class Aws:
 
     endpoint_url: str | None = None
     profile: str | None = None
+    # Retries in "adaptive" mode ride out the throttling a batch of parallel bakes causes.
+    max_attempts: int = 10
     _session: boto3.Session | None = field(default=None, repr=False)
     _clients: dict[tuple[str, str], Client] = field(default_factory=dict, repr=False)
 
@@ -177,7 +179,12 @@ class Aws:
         if key not in self._clients:
             try:
                 raw = self.session.client(
-                    service, region_name=region, endpoint_url=self.endpoint_url, config=_CONFIG
+                    service,
+                    region_name=region,
+                    endpoint_url=self.endpoint_url,
+                    config=botocore.config.Config(
+                        retries={"max_attempts": self.max_attempts, "mode": "adaptive"}
+                    ),
                 )
             except botocore.exceptions.BotoCoreError as err:
                 raise GoldsmithError(

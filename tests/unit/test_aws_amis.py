@@ -1,0 +1,264 @@
+"""goldsmith.aws.amis: Packer's manifest, copies, tags, sharing, waiting, pagination (moto)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from goldsmith.aws import amis
+from goldsmith.aws.clients import Aws
+from goldsmith.errors import GoldsmithError
+
+WEST, CENTRAL, NORTH = "eu-west-1", "eu-central-1", "eu-north-1"
+PROV = amis.Provenance("web", "0123abcd" * 5, "f" * 64, "build-42", ("base", "nginx"))
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        yield Aws()
+
+
+def bake(aws: Aws, region: str = WEST, build_id: str = PROV.build_id) -> str:
+    """What Packer leaves after a successful build: a tagged AMI built from an instance."""
+    ec2 = aws.ec2(region)
+    source = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    inst = ec2.run_instances(ImageId=source, MinCount=1, MaxCount=1)["Instances"][0]
+    ami = ec2.create_image(InstanceId=inst["InstanceId"], Name=f"goldsmith-web-{build_id}")
+    ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
+    image = amis.describe_image(aws, region, ami["ImageId"])
+    amis.tag_image(aws, region, image, {**PROV.tags(), amis.TAG_BUILD_ID: build_id})
+    return str(ami["ImageId"])
+
+
+def manifest(tmp_path: Path, builds: list[dict], last: str) -> Path:
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"builds": builds, "last_run_uuid": last}))
+    return path
+
+
+def entry(artifact: str, run: str, name: str = "aws", builder: str = "amazon-ebs") -> dict:
+    return {
+        "name": name,
+        "builder_type": builder,
+        "build_time": 1,
+        "files": None,
+        "artifact_id": artifact,
+        "packer_run_uuid": run,
+        "custom_data": None,
+    }
+
+
+# --- manifest -------------------------------------------------------------------
+
+
+def test_manifest_gives_the_last_runs_amis_in_order(tmp_path: Path) -> None:
+    path = manifest(
+        tmp_path,
+        [
+            entry("eu-west-1:ami-0old", "run-1"),
+            entry("/tmp/out/disk.qcow2", "run-2", name="local", builder="qemu"),
+            entry("eu-west-1:ami-0new,eu-north-1:ami-0north", "run-2"),
+        ],
+        "run-2",
+    )
+    built = amis.read_manifest(path)
+    assert built.amis == {WEST: "ami-0new", NORTH: "ami-0north"}
+    assert (built.source_region, built.source_ami, built.run_uuid) == (WEST, "ami-0new", "run-2")
+
+
+def test_manifest_without_an_amazon_build_in_the_last_run(tmp_path: Path) -> None:
+    path = manifest(tmp_path, [entry("eu-west-1:ami-0old", "run-1")], "run-2")
+    with pytest.raises(GoldsmithError, match=r"manifest.json: no amazon-ebs build in the last run"):
+        amis.read_manifest(path)
+
+
+def test_manifest_picks_a_named_build_and_refuses_to_guess(tmp_path: Path) -> None:
+    path = manifest(
+        tmp_path, [entry("eu-west-1:ami-0a", "r", "a"), entry("eu-west-1:ami-0b", "r", "b")], "r"
+    )
+    assert amis.read_manifest(path, "b").source_ami == "ami-0b"
+    with pytest.raises(GoldsmithError, match="several amazon-ebs builds"):
+        amis.read_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "Packer's manifest is missing"),
+        ("{not json", "not valid JSON"),
+        ('{"last_run_uuid": "r"}', "key 'builds' is missing"),
+        ('{"builds": []}', "key 'last_run_uuid' is missing"),
+        (
+            json.dumps({"builds": [entry("ami-0nocolon", "r")], "last_run_uuid": "r"}),
+            r"builds\[0\].artifact_id: 'ami-0nocolon' is not an amazon-ebs artifact id",
+        ),
+        (
+            json.dumps({"builds": [entry("eu-west-1:snap-1", "r")], "last_run_uuid": "r"}),
+            "is not an amazon-ebs artifact id",
+        ),
+    ],
+)
+def test_bad_manifests_are_clear_errors(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "manifest.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(GoldsmithError, match=message) as err:
+        amis.read_manifest(path)
+    assert str(path) in str(err.value)
+
+
+# --- tags ---------------------------------------------------------------------------
+
+
+def test_provenance_tags() -> None:
+    tags = PROV.tags()
+    assert tags[amis.TAG_IMAGE] == "web"
+    assert tags[amis.TAG_BUILD_ID] == "build-42"
+    assert tags[amis.TAG_ROLES] == "base,nginx"
+    assert tags[amis.TAG_GIT_SHA] == PROV.git_sha
+
+
+def test_a_long_role_list_fits_in_a_tag() -> None:
+    roles = [f"role_number_{i:03d}" for i in range(40)]
+    value = amis.roles_tag(roles)
+    assert len(value) <= amis.TAG_VALUE_MAX
+    kept = value.split(",")[:-1]
+    assert kept == roles[: len(kept)]
+    assert value.endswith(f"+{len(roles) - len(kept)} more")
+
+
+# --- copy, tag, share -----------------------------------------------------------------
+
+
+def test_copy_to_regions_tags_copies_and_their_snapshots(aws: Aws) -> None:
+    ami = bake(aws)
+    built = amis.Built(amis={WEST: ami}, run_uuid="r", build_name="aws")
+    images = amis.copy_to_regions(
+        aws, built, [WEST, CENTRAL, NORTH], PROV.tags(), wait=amis.Wait(60, 1)
+    )
+    assert set(images) == {WEST, CENTRAL, NORTH}
+    assert images[WEST]["ImageId"] == ami
+    for region in (CENTRAL, NORTH):
+        image = amis.describe_image(aws, region, images[region]["ImageId"])
+        tags = amis.tags_of(image)
+        assert tags[amis.TAG_BUILD_ID] == "build-42"
+        assert tags[amis.TAG_SOURCE_AMI] == ami and tags[amis.TAG_SOURCE_REGION] == WEST
+        snaps = amis.snapshots_of(image)
+        assert snaps
+        described = aws.ec2(region).describe_snapshots(SnapshotIds=snaps)["Snapshots"]
+        for snap in described:
+            assert amis.tags_of(snap)[amis.TAG_FINGERPRINT] == PROV.fingerprint
+
+
+def test_copy_again_reuses_the_earlier_copy(aws: Aws) -> None:
+    ami = bake(aws)
+    built = amis.Built(amis={WEST: ami}, run_uuid="r", build_name="aws")
+    first = amis.copy_to_regions(aws, built, [CENTRAL], PROV.tags(), wait=amis.Wait(60, 1))
+    second = amis.copy_to_regions(aws, built, [CENTRAL], PROV.tags(), wait=amis.Wait(60, 1))
+    assert first[CENTRAL]["ImageId"] == second[CENTRAL]["ImageId"]
+    mine = list(amis.describe_images(aws, CENTRAL, owners=["self"]))
+    assert len(mine) == 1
+
+
+def test_share_grants_launch_and_create_volume(aws: Aws) -> None:
+    ami = bake(aws)
+    image = amis.describe_image(aws, WEST, ami)
+    amis.share(aws, WEST, image, ["111122223333", "444455556666"])
+    assert amis.launch_permissions(aws, WEST, ami) == ["111122223333", "444455556666"]
+    for snap in amis.snapshots_of(image):
+        attr = aws.ec2(WEST).describe_snapshot_attribute(
+            SnapshotId=snap, Attribute="createVolumePermission"
+        )
+        users = sorted(p["UserId"] for p in attr["CreateVolumePermissions"])
+        assert users == ["111122223333", "444455556666"]
+
+
+def test_share_with_nobody_changes_nothing(aws: Aws) -> None:
+    ami = bake(aws)
+    amis.share(aws, WEST, amis.describe_image(aws, WEST, ami), [])
+    assert amis.launch_permissions(aws, WEST, ami) == []
+
+
+def test_missing_ami_is_a_clear_error(aws: Aws) -> None:
+    with pytest.raises(
+        GoldsmithError, match="AMI ami-0123456789abcdef0 does not exist in eu-west-1"
+    ):
+        amis.describe_image(aws, WEST, "ami-0123456789abcdef0")
+
+
+def test_find_source_ami_picks_the_newest(aws: Aws) -> None:
+    images = list(amis.describe_images(aws, WEST, owners=["amazon"], filters={"name": ["*"]}))
+    newest = max(images, key=lambda i: i.get("CreationDate", ""))
+    assert amis.find_source_ami(aws, WEST, ["amazon"], "*")["ImageId"] == newest["ImageId"]
+    with pytest.raises(GoldsmithError, match="no AMI named 'nope-\\*' owned by amazon"):
+        amis.find_source_ami(aws, WEST, ["amazon"], "nope-*")
+
+
+# --- pagination and waiting (moto answers in one page and at once: stub those) ------
+
+
+def test_describe_images_follows_every_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setattr(amis, "PAGE_SIZE", 2)
+    aws = Aws(endpoint_url=None)
+    ec2 = aws.ec2(WEST)
+    ids = [f"ami-{i:017x}" for i in range(5)]
+    with Stubber(ec2.raw) as stub:
+        for n, page in enumerate([ids[0:2], ids[2:4], ids[4:]]):
+            expected = {"Owners": ["self"], "MaxResults": 2}
+            if n:
+                expected["NextToken"] = f"t{n}"
+            response = {"Images": [{"ImageId": i} for i in page]}
+            if n < 2:
+                response["NextToken"] = f"t{n + 1}"
+            stub.add_response("describe_images", response, expected)
+        seen = [i["ImageId"] for i in amis.describe_images(aws, WEST, owners=["self"])]
+        stub.assert_no_pending_responses()
+    assert seen == ids
+
+
+def test_waiting_too_long_says_how_to_wait_longer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    aws = Aws(endpoint_url=None)
+    with Stubber(aws.ec2(CENTRAL).raw) as stub:
+        for _ in range(2):
+            stub.add_response(
+                "describe_images", {"Images": [{"ImageId": "ami-0abc", "State": "pending"}]}
+            )
+        with pytest.raises(GoldsmithError) as err:
+            amis.wait_available(aws, CENTRAL, "ami-0abc", amis.Wait(timeout_s=2, delay_s=1))
+    assert "still 'pending' after 2s" in str(err.value)
+    assert "GOLDSMITH_AMI_WAIT_SECONDS" in str(err.value)
+
+
+def test_failed_ami_reports_aws_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    aws = Aws(endpoint_url=None)
+    image = {"ImageId": "ami-0abc", "State": "failed", "StateReason": {"Message": "snapshot lost"}}
+    with Stubber(aws.ec2(CENTRAL).raw) as stub:
+        stub.add_response("describe_images", {"Images": [image]})
+        with pytest.raises(
+            GoldsmithError, match="AMI ami-0abc in eu-central-1 failed: snapshot lost"
+        ):
+            amis.wait_available(aws, CENTRAL, "ami-0abc", amis.Wait(timeout_s=5, delay_s=1))
+
+
+def test_wait_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOLDSMITH_AMI_WAIT_SECONDS", "7200")
+    assert amis.Wait.from_env().timeout_s == 7200
+    monkeypatch.setenv("GOLDSMITH_AMI_WAIT_SECONDS", "soon")
+    with pytest.raises(GoldsmithError, match="GOLDSMITH_AMI_WAIT_SECONDS='soon'"):
+        amis.Wait.from_env()

@@ -1,0 +1,69 @@
+"""goldsmith.aws.packer_vars: the -var values of the amazon-ebs source, checked by Packer."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from goldsmith.aws import amis, packer_vars
+from goldsmith.errors import GoldsmithError
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = SimpleNamespace(
+    source_ami_owners=("136693071363",),
+    source_ami_name="debian-12-amd64-*",
+    ssh_username="admin",
+    instance_type="t3.small",
+    encrypt_boot=True,
+    kms_key_id="",
+    spot=False,
+)
+PROV = amis.Provenance("web", "abc", "f" * 64, "b1", ("base", "nginx"))
+
+
+def test_twin_values() -> None:
+    v = packer_vars.packer_vars(
+        SETTINGS,
+        PROV,
+        region="eu-west-1",
+        endpoint="http://127.0.0.1:5000",
+        ssh_host="127.0.0.1",
+        ssh_port=2222,
+        keypair_name="goldsmith-b1",
+        private_key_file="build/web/id_ed25519",
+    )
+    assert v["aws_source_ami_owners"] == '["136693071363"]'
+    assert v["aws_ssh_source_cidrs"] == '["127.0.0.1/32"]'
+    assert (v["aws_encrypt_boot"], v["aws_spot"]) == ("true", "false")
+    assert (v["aws_ssh_port"], v["aws_roles"], v["aws_build_id"]) == ("2222", "base,nginx", "b1")
+
+
+def test_real_aws_cidr_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOLDSMITH_AWS_SSH_CIDRS", "10.0.0.0/16, 203.0.113.7/32")
+    v = packer_vars.packer_vars(SETTINGS, PROV, region="eu-west-1")
+    assert v["aws_ssh_source_cidrs"] == '["10.0.0.0/16", "203.0.113.7/32"]'
+    assert v["aws_endpoint_ec2"] == ""
+    monkeypatch.setenv("GOLDSMITH_AWS_SSH_CIDRS", "everyone")
+    with pytest.raises(GoldsmithError, match="GOLDSMITH_AWS_SSH_CIDRS: 'everyone' is not a CIDR"):
+        packer_vars.builder_cidrs()
+
+
+@pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed")
+@pytest.mark.parametrize("spot", [False, True])
+def test_packer_accepts_the_source_with_these_values(tmp_path: Path, spot: bool) -> None:
+    for f in ("variables.aws.pkr.hcl", "source.aws.pkr.hcl"):
+        shutil.copy(ROOT / "packer" / f, tmp_path / f)
+    (tmp_path / "build.pkr.hcl").write_text('build {\n  sources = ["source.amazon-ebs.aws"]\n}\n')
+    settings = SimpleNamespace(**{**vars(SETTINGS), "spot": spot})
+    v = packer_vars.packer_vars(
+        settings, PROV, region="eu-west-1", ssh_source_cidrs=["10.1.2.3/32"]
+    )
+    cmd = ["packer", "validate"]
+    for k, val in v.items():
+        cmd += ["-var", f"{k}={val}"]
+    res = subprocess.run([*cmd, "."], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

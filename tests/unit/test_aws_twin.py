@@ -1,0 +1,76 @@
+"""goldsmith.aws.twin: a real moto server on loopback, started, reused and stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from goldsmith.aws import amis, twin
+from goldsmith.aws.clients import Aws
+from goldsmith.errors import GoldsmithError
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "images.yml").write_text("bases: {}\nimages: {}\n")
+    yield tmp_path
+    twin.down(tmp_path)
+
+
+def test_up_reuse_down(root: Path) -> None:
+    first = twin.up(root)
+    assert first.endpoint.startswith("http://127.0.0.1:")
+    assert twin.up(root) == first  # reused, not a second server
+    assert (twin.state_dir(root) / "moto.pid").read_text().strip() == str(first.pid)
+    assert twin.endpoint(root) == first.endpoint
+    assert twin.down(root) is True
+    assert twin.running(root) is None
+    assert (
+        not Path(f"/proc/{first.pid}").exists()
+        or b"moto" not in Path(f"/proc/{first.pid}/cmdline").read_bytes()
+    )
+    with pytest.raises(GoldsmithError, match="twin is not running.*invoke twin.up"):
+        twin.endpoint(root)
+    assert twin.down(root) is False
+
+
+def test_catalogue_source_filter_finds_debian_in_every_region(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    twin.up(root)
+    for k, v in twin.env(root).items():
+        monkeypatch.setenv(k, v)
+    aws = Aws()
+    assert aws.endpoint_url == twin.endpoint(root)
+    newest = max(twin.DEBIAN_SEED, key=lambda a: a["creation_date"])
+    for region in ("eu-west-1", "eu-central-1", "us-east-1"):
+        found = amis.find_source_ami(aws, region, ["136693071363"], "debian-12-amd64-*")
+        assert found["ImageId"] == newest["ami_id"]
+        assert found["OwnerId"] == "136693071363"
+    # moto's own public images are still there for other filters.
+    assert list(amis.describe_images(aws, "eu-west-1", owners=["099720109477"]))
+
+
+def test_stale_pid_file_is_ignored(root: Path) -> None:
+    d = twin.state_dir(root)
+    d.mkdir(parents=True)
+    (d / "moto.pid").write_text("999999\n")
+    (d / "moto.port").write_text("1\n")
+    assert twin.running(root) is None
+    t = twin.up(root)
+    assert t.pid != 999999 and twin.running(root) == t
+
+
+def test_reset_forgets_state_but_keeps_the_seed(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    twin.up(root)
+    for k, v in twin.env(root).items():
+        monkeypatch.setenv(k, v)
+    aws = Aws()
+    aws.ec2("eu-west-1").create_key_pair(KeyName="packer_x")
+    twin.reset(root)
+    assert aws.ec2("eu-west-1").describe_key_pairs()["KeyPairs"] == []
+    assert amis.find_source_ami(aws, "eu-west-1", ["136693071363"], "debian-12-amd64-*")
