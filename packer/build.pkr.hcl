@@ -2,7 +2,7 @@
 # then the seal. A failing spec fails the build before anything is sealed or saved.
 build {
   name    = "goldsmith"
-  sources = ["source.qemu.local"]
+  sources = ["source.qemu.local", "source.amazon-ebs.aws"]
 
   provisioner "ansible" {
     playbook_file    = var.playbook

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -36,16 +37,16 @@ def test_twin_values() -> None:
         keypair_name="goldsmith-b1",
         private_key_file="build/web/id_ed25519",
     )
-    assert v["aws_source_ami_owners"] == '["136693071363"]'
-    assert v["aws_ssh_source_cidrs"] == '["127.0.0.1/32"]'
-    assert (v["aws_encrypt_boot"], v["aws_spot"]) == ("true", "false")
-    assert (v["aws_ssh_port"], v["aws_roles"], v["aws_build_id"]) == ("2222", "base,nginx", "b1")
+    assert v["aws_source_ami_owners"] == ["136693071363"]
+    assert v["aws_ssh_source_cidrs"] == ["127.0.0.1/32"]
+    assert (v["aws_encrypt_boot"], v["aws_spot"]) == (True, False)
+    assert (v["aws_ssh_port"], v["aws_roles"], v["aws_build_id"]) == (2222, "base,nginx", "b1")
 
 
 def test_real_aws_cidr_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOLDSMITH_AWS_SSH_CIDRS", "10.0.0.0/16, 203.0.113.7/32")
     v = packer_vars.packer_vars(SETTINGS, PROV, region="eu-west-1")
-    assert v["aws_ssh_source_cidrs"] == '["10.0.0.0/16", "203.0.113.7/32"]'
+    assert v["aws_ssh_source_cidrs"] == ["10.0.0.0/16", "203.0.113.7/32"]
     assert v["aws_endpoint_ec2"] == ""
     monkeypatch.setenv("GOLDSMITH_AWS_SSH_CIDRS", "everyone")
     with pytest.raises(GoldsmithError, match="GOLDSMITH_AWS_SSH_CIDRS: 'everyone' is not a CIDR"):
@@ -62,8 +63,10 @@ def test_packer_accepts_the_source_with_these_values(tmp_path: Path, spot: bool)
     v = packer_vars.packer_vars(
         settings, PROV, region="eu-west-1", ssh_source_cidrs=["10.1.2.3/32"]
     )
-    cmd = ["packer", "validate"]
-    for k, val in v.items():
-        cmd += ["-var", f"{k}={val}"]
-    res = subprocess.run([*cmd, "."], cwd=tmp_path, capture_output=True, text=True)
+    # The way goldsmith.packer passes them: a .pkrvars.hcl of JSON literals.
+    (tmp_path / "aws.pkrvars.hcl").write_text(
+        "".join(f"{k} = {json.dumps(x)}\n" for k, x in v.items())
+    )
+    cmd = ["packer", "validate", "-var-file=aws.pkrvars.hcl", "."]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -1,13 +1,13 @@
 """The -var values of packer/source.aws.pkr.hcl, from the catalogue and the build.
 
 The template's variables are all named `aws_*`; this is the one place that knows them,
-so packer.py passes the result as `-var name=value` pairs without knowing AWS.
+so packer.py writes the result into its .pkrvars.hcl (typed values: strings, numbers,
+booleans, lists) without knowing AWS.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import urllib.request
 from typing import Any
@@ -59,8 +59,8 @@ def packer_vars(
     private_key_file: str = "",
     ssh_source_cidrs: list[str] | None = None,
     ami_name: str = "",
-) -> dict[str, str]:
-    """Variables for the amazon-ebs source.
+) -> dict[str, Any]:
+    """Variables for the amazon-ebs source, typed as the template declares them.
 
     `settings` is the image's catalogue.AwsSettings. `endpoint`, `ssh_host` and `ssh_port`
     are the twin's (empty/22 on real AWS). `ssh_source_cidrs` defaults to
@@ -90,13 +90,4 @@ def packer_vars(
         "aws_build_id": provenance.build_id,
         "aws_roles": roles_tag(provenance.roles),
     }
-    return {k: _hcl(v) for k, v in values.items()}
-
-
-def _hcl(value: Any) -> str:
-    """A -var value as Packer parses it: lists as HCL (JSON) lists, booleans lowercase."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return json.dumps(value)
-    return str(value)
+    return values
