@@ -1,0 +1,99 @@
+"""Spec of the `base` role: what every machine's users rely on.
+
+The clock is kept in sync, the time zone and locale are the configured ones, the
+essential packages are there, and security updates are installed unattended.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+
+def test_essential_packages_are_installed(host, defaults):
+    missing = [p for p in defaults["base_packages"] if not host.package(p).is_installed]
+    assert not missing, f"packages not installed: {missing}"
+
+
+def test_time_sync_service_is_enabled_and_running(host, defaults):
+    timesyncd = host.service("systemd-timesyncd")
+    wanted = defaults["base_time_sync_enabled"]
+    assert timesyncd.is_enabled == wanted
+    assert timesyncd.is_running == wanted
+
+
+def test_clock_synchronization_is_on(host, defaults):
+    ntp = host.check_output("timedatectl show --property=NTP --value")
+    assert ntp == ("yes" if defaults["base_time_sync_enabled"] else "no")
+
+
+def test_time_zone_is_the_configured_one(host, defaults):
+    zone = defaults["base_timezone"]
+    assert host.check_output("timedatectl show --property=Timezone --value") == zone
+    assert host.file("/etc/timezone").content_string.strip() == zone
+    localtime = host.check_output("readlink -f /etc/localtime")
+    # Aliases such as UTC -> Etc/UTC resolve to the same zone file.
+    assert localtime == host.check_output(f"readlink -f /usr/share/zoneinfo/{zone}")
+
+
+def _normalized(locale: str) -> str:
+    """`locale -a` spells en_US.UTF-8 as en_US.utf8."""
+    name, _, charset = locale.partition(".")
+    return f"{name}.{charset.lower().replace('-', '')}" if charset else name
+
+
+def test_configured_locales_are_generated(host, defaults):
+    available = set(host.check_output("locale -a").split())
+    missing = [loc for loc in defaults["base_locales"] if _normalized(loc) not in available]
+    assert not missing, f"locales not generated: {missing} (available: {sorted(available)})"
+
+
+def test_login_shells_get_the_default_locale(host, defaults):
+    wanted = defaults["base_locale_default"]
+    env = host.file("/etc/default/locale")
+    assert env.mode == 0o644
+    assert re.search(rf"^LANG={re.escape(wanted)}$", env.content_string, re.M)
+    # What a login shell sees, through PAM's pam_env (as an SSH login would).
+    lang = host.check_output("env -i bash -lc 'set -a; . /etc/default/locale; locale 2>&1'")
+    assert f"LANG={wanted}" in lang
+    assert "Cannot set" not in lang, lang
+
+
+def _apt_config(host) -> str:
+    return host.check_output("apt-config dump")
+
+
+def test_unattended_upgrades_run_daily(host, defaults):
+    assert host.package("unattended-upgrades").is_installed
+    dump = _apt_config(host)
+    on = "1" if defaults["base_unattended_upgrades_enabled"] else "0"
+    assert f'APT::Periodic::Update-Package-Lists "{on}";' in dump
+    assert f'APT::Periodic::Unattended-Upgrade "{on}";' in dump
+    for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
+        assert host.service(timer).is_enabled, f"{timer} is not enabled"
+        assert host.service(timer).is_running, f"{timer} is not active"
+
+
+def test_unattended_upgrades_take_the_configured_origins_only(host, defaults):
+    dump = _apt_config(host)
+    patterns = re.findall(r'^Unattended-Upgrade::Origins-Pattern:: "(.*)";$', dump, re.M)
+    assert patterns == defaults["base_unattended_upgrades_origins"]
+
+
+def test_security_archive_is_an_apt_source(host):
+    """Unattended security upgrades need the security archive among apt's sources."""
+    codename = host.system_info.codename
+    sources = host.check_output(
+        "cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list"
+        " /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v '^[[:space:]]*#' || true"
+    )
+    assert f"{codename}-security" in sources
+
+
+@pytest.mark.parametrize("origin_line", ["Debian-Security"])
+def test_unattended_upgrades_would_upgrade_from_security(host, defaults, origin_line):
+    """Ask unattended-upgrades itself which origins it allows (its dry run prints them)."""
+    out = host.run("unattended-upgrade --dry-run --debug 2>&1 | grep -m1 'Allowed origins are'")
+    assert out.rc == 0, out.stdout + out.stderr
+    assert origin_line in out.stdout
