@@ -120,3 +120,37 @@ def test_report_markdown_and_json(aws: Aws, tmp_path: Path) -> None:
     assert data["regions"][CENTRAL]["ami_id"] == result.regions[CENTRAL].ami_id
     assert data["regions"][WEST]["shared_with"] == ["111122223333"]
     assert data["build_id"] == "build-7"
+
+
+def test_build_manifest_gives_provenance_and_the_embedded_packer_manifest(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    packer_manifest = {
+        "builds": [
+            {
+                "name": "aws",
+                "builder_type": "amazon-ebs",
+                "packer_run_uuid": "r",
+                "artifact_id": "eu-west-1:ami-0abc",
+            }
+        ],
+        "last_run_uuid": "r",
+    }
+    data = {
+        "image": "web",
+        "target": "twin",
+        "build_id": "b",
+        "git": {"sha": "s", "dirty": False},
+        "fingerprint": "f",
+        "roles": ["base", "nginx"],
+        "packer_manifest": packer_manifest,
+    }
+    path.write_text(json.dumps(data))
+    prov, built = publish.from_build_manifest(path)
+    assert prov == amis.Provenance("web", "s", "f", "b", ("base", "nginx"))
+    assert built.amis == {WEST: "ami-0abc"}
+    path.write_text(json.dumps({**data, "target": "local"}))
+    with pytest.raises(GoldsmithError, match="target is 'local'; only aws and twin"):
+        publish.from_build_manifest(path)
+    path.write_text(json.dumps({k: v for k, v in data.items() if k != "fingerprint"}))
+    with pytest.raises(GoldsmithError, match="manifest.json: key 'fingerprint' is missing"):
+        publish.from_build_manifest(path)

@@ -32,6 +32,8 @@ def test_up_reuse_down(root: Path) -> None:
         or b"moto" not in Path(f"/proc/{first.pid}/cmdline").read_bytes()
     )
     with pytest.raises(GoldsmithError, match="twin is not running.*invoke twin.up"):
+        twin.aws(root)
+    with pytest.raises(GoldsmithError, match="twin is not running"):
         twin.endpoint(root)
     assert twin.down(root) is False
 

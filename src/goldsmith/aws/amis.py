@@ -113,12 +113,7 @@ def parse_artifact_id(artifact_id: str, *, where: str = "artifact_id") -> dict[s
 
 
 def read_manifest(path: Path, build_name: str | None = None) -> Built:
-    """The AMIs of the last Packer run recorded in the manifest at `path`.
-
-    The manifest post-processor appends one entry per build and run; only entries of
-    the last run (`last_run_uuid`) count, so an old run's AMI is never published.
-    `build_name` picks one source when a run has several amazon-ebs builds.
-    """
+    """The AMIs of the last Packer run recorded in Packer's manifest file at `path`."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -127,25 +122,36 @@ def read_manifest(path: Path, build_name: str | None = None) -> Built:
         ) from None
     except json.JSONDecodeError as err:
         raise GoldsmithError(f"{path}: not valid JSON ({err})") from None
+    return parse_manifest(data, str(path), build_name)
+
+
+def parse_manifest(data: Any, where: str, build_name: str | None = None) -> Built:
+    """The AMIs of the last Packer run in a manifest post-processor's JSON (`data`).
+
+    The manifest post-processor appends one entry per build and run; only entries of
+    the last run (`last_run_uuid`) count, so an old run's AMI is never published.
+    `build_name` picks one source when a run has several amazon-ebs builds. `where`
+    names the file (and key) in errors.
+    """
     if not isinstance(data, dict) or not isinstance(data.get("builds"), list):
-        raise GoldsmithError(f"{path}: key 'builds' is missing or not a list")
+        raise GoldsmithError(f"{where}: key 'builds' is missing or not a list")
     last = data.get("last_run_uuid")
     if not last or not isinstance(last, str):
-        raise GoldsmithError(f"{path}: key 'last_run_uuid' is missing")
+        raise GoldsmithError(f"{where}: key 'last_run_uuid' is missing")
     found: list[Built] = []
     for i, build in enumerate(data["builds"]):
         if not isinstance(build, dict):
-            raise GoldsmithError(f"{path}: builds[{i}] is not an object")
+            raise GoldsmithError(f"{where}: builds[{i}] is not an object")
         if build.get("packer_run_uuid") != last or build.get("builder_type") != AMAZON_EBS:
             continue
         if build_name and build.get("name") != build_name:
             continue
-        where = f"{path}: builds[{i}].artifact_id"
+        key = f"{where}: builds[{i}].artifact_id"
         if "artifact_id" not in build:
-            raise GoldsmithError(f"{where} is missing")
+            raise GoldsmithError(f"{key} is missing")
         found.append(
             Built(
-                amis=parse_artifact_id(build["artifact_id"], where=where),
+                amis=parse_artifact_id(build["artifact_id"], where=key),
                 run_uuid=last,
                 build_name=str(build.get("name", "")),
                 custom_data=dict(build.get("custom_data") or {}),
@@ -153,11 +159,11 @@ def read_manifest(path: Path, build_name: str | None = None) -> Built:
         )
     which = f"amazon-ebs build {build_name!r}" if build_name else "amazon-ebs build"
     if not found:
-        raise GoldsmithError(f"{path}: no {which} in the last run (last_run_uuid {last!r})")
+        raise GoldsmithError(f"{where}: no {which} in the last run (last_run_uuid {last!r})")
     if len(found) > 1:
         names = ", ".join(b.build_name for b in found)
         raise GoldsmithError(
-            f"{path}: the last run has several amazon-ebs builds ({names}); name one"
+            f"{where}: the last run has several amazon-ebs builds ({names}); name one"
         )
     return found[0]
 

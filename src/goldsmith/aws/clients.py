@@ -156,6 +156,9 @@ class Aws:
 
     endpoint_url: str | None = None
     profile: str | None = None
+    # Explicit credentials (the twin's fake ones); None takes boto3's usual chain.
+    access_key: str | None = None
+    secret_key: str | None = None
     # Retries in "adaptive" mode ride out the throttling a batch of parallel bakes causes.
     max_attempts: int = 10
     _session: boto3.Session | None = field(default=None, repr=False)
@@ -168,7 +171,11 @@ class Aws:
     @property
     def session(self) -> boto3.Session:
         if self._session is None:
-            self._session = boto3.Session(profile_name=self.profile)
+            self._session = boto3.Session(
+                profile_name=self.profile,
+                aws_access_key_id=self.access_key,
+                aws_secret_access_key=self.secret_key,
+            )
         return self._session
 
     def client(self, service: str, region: str) -> Client:

@@ -48,9 +48,43 @@ class PublishResult:
         return asdict(self)
 
 
+def from_build_manifest(path: Path) -> tuple[amis.Provenance, amis.Built]:
+    """Provenance and built AMIs from goldsmith's build manifest (build/<image>/manifest.json).
+
+    The build manifest embeds Packer's manifest under `packer_manifest`, so publishing
+    needs nothing from the build's temporary folder.
+    """
+    import json
+
+    from ..errors import GoldsmithError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise GoldsmithError(f"{path}: no build manifest; bake the image first") from None
+    except json.JSONDecodeError as err:
+        raise GoldsmithError(f"{path}: not valid JSON ({err})") from None
+    try:
+        provenance = amis.Provenance(
+            image=str(data["image"]),
+            git_sha=str(data["git"]["sha"]),
+            fingerprint=str(data["fingerprint"]),
+            build_id=str(data["build_id"]),
+            roles=tuple(data.get("roles", [])),
+        )
+    except (KeyError, TypeError) as err:
+        raise GoldsmithError(f"{path}: key {err} is missing") from None
+    if data.get("target") not in ("aws", "twin"):
+        raise GoldsmithError(
+            f"{path}: target is {data.get('target')!r}; only aws and twin builds are published"
+        )
+    built = amis.parse_manifest(data.get("packer_manifest"), f"{path}: packer_manifest")
+    return provenance, built
+
+
 def publish(
     aws: Aws,
-    manifest: Path,
+    manifest: Path | amis.Built,
     provenance: amis.Provenance,
     *,
     regions: list[str],
@@ -63,10 +97,14 @@ def publish(
 ) -> PublishResult:
     """Publish the AMI recorded in Packer's `manifest` to every region in `regions`.
 
-    `ssm_parameter` is the catalogue's template (``/goldsmith/{image}/latest``).
+    `manifest` is the path of Packer's manifest file, or what `from_build_manifest`
+    read from goldsmith's. `ssm_parameter` is the catalogue's template
+    (``/goldsmith/{image}/latest``).
     """
     started = time.monotonic()
-    built = amis.read_manifest(manifest, build_name)
+    built = (
+        manifest if isinstance(manifest, amis.Built) else amis.read_manifest(manifest, build_name)
+    )
     name = ssm.parameter_name(ssm_parameter, provenance.image)
     targets = list(dict.fromkeys([built.source_region, *regions]))
     if share_with and encrypted and not kms_key_ids:

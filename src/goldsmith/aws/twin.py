@@ -32,6 +32,7 @@ from typing import Any
 from ..errors import GoldsmithError
 from ..paths import cache_dir, venv_bin
 from ..tools import log
+from .clients import Aws
 
 HOST = "127.0.0.1"
 DEBIAN_OWNER = "136693071363"
@@ -178,6 +179,15 @@ def env(root: Path, region: str = "eu-west-1") -> dict[str, str]:
         "AWS_ENDPOINT_URL": endpoint(root),
         "AWS_EC2_METADATA_DISABLED": "true",
     }
+
+
+def aws(root: Path) -> Aws:
+    """An `Aws` for the running twin, with its fake credentials, whatever the environment."""
+    return Aws(
+        endpoint_url=endpoint(root),
+        access_key=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        secret_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 def reset(root: Path) -> None:

@@ -1,0 +1,139 @@
+"""Invoke tasks of the AWS side: `twin.*` and `aws.*`. They parse arguments and call the
+package; goldsmith.tasks adds them to the namespace.
+
+    invoke twin.up | twin.down | twin.env | twin.reset
+    invoke aws.publish --image web [--target twin]
+    invoke aws.reap --image web --build-id ID [--failed] [--sweep] [--dry-run]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import Collection, task
+
+from ..catalogue import load
+from ..errors import GoldsmithError
+from ..paths import build_dir, project_root
+from ..tasks import user_errors
+from . import publish as publishing
+from . import reaper, report, twin
+from .clients import Aws
+
+
+def _aws_for(target: str, root: Path) -> Aws:
+    if target == "twin":
+        return twin.aws(root)
+    if target == "aws":
+        return Aws()
+    raise GoldsmithError(f"--target {target!r}: choose aws or twin")
+
+
+def _settings(root: Path, image: str):  # -> catalogue.AwsSettings
+    catalogue = load(root / "images.yml")
+    if image not in catalogue.images:
+        known = ", ".join(sorted(catalogue.images))
+        raise GoldsmithError(f"images.yml: no image named {image!r} (images: {known})")
+    settings = catalogue.images[image].aws
+    if settings is None:
+        raise GoldsmithError(f"images.yml: images.{image} has no 'aws' section")
+    return settings
+
+
+@task
+@user_errors
+def up(c):
+    """Start the AWS twin (moto on loopback), or reuse the running one; print its endpoint."""
+    t = twin.up(project_root())
+    print(t.endpoint)
+
+
+@task
+@user_errors
+def down(c):
+    """Stop the AWS twin (its state goes with it)."""
+    if not twin.down(project_root()):
+        print("the twin was not running")
+
+
+@task(help={"region": "AWS_DEFAULT_REGION to print (default eu-west-1)"})
+@user_errors
+def env(c, region="eu-west-1"):
+    """Print `export` lines that point boto3, the AWS CLI and Packer at the running twin."""
+    for k, v in twin.env(project_root(), region).items():
+        print(f"export {k}={v}")
+
+
+@task
+@user_errors
+def reset(c):
+    """Forget everything the twin holds (the seeded source AMIs come back)."""
+    twin.reset(project_root())
+
+
+@task(
+    help={
+        "image": "image to publish (a key of `images` in images.yml)",
+        "target": "aws (real AWS, the default) or twin (the local moto)",
+        "manifest": "goldsmith's build manifest; default build/<image>/manifest.json",
+    }
+)
+@user_errors
+def publish(c, image, target="aws", manifest=None):
+    """Copy a baked AMI to its regions, share it, point SSM at it, write the AWS report."""
+    root = project_root()
+    settings = _settings(root, image)
+    path = Path(manifest) if manifest else build_dir(root) / image / "manifest.json"
+    provenance, built = publishing.from_build_manifest(path)
+    if provenance.image != image:
+        raise GoldsmithError(f"{path}: image is {provenance.image!r}, not {image!r}")
+    kms = {built.source_region: settings.kms_key_id} if settings.kms_key_id else {}
+    result = publishing.publish(
+        _aws_for(target, root),
+        built,
+        provenance,
+        regions=list(settings.regions),
+        share_with=list(settings.share_with),
+        ssm_parameter=settings.ssm_parameter,
+        encrypted=settings.encrypt_boot,
+        kms_key_ids=kms,
+    )
+    md, js = report.write(result, build_dir(root) / image)
+    print(md.read_text())
+    print(f"report: {md.relative_to(root)}, {js.relative_to(root)}")
+
+
+@task(
+    help={
+        "image": "image whose regions to search (images.yml)",
+        "build_id": "the build whose leftovers go (tag goldsmith:build-id)",
+        "target": "aws (the default) or twin",
+        "failed": "also deregister the build's AMIs and delete their snapshots",
+        "sweep": "also delete every unused packer_* key pair and security group",
+        "dry_run": "only say what would be deleted",
+    }
+)
+@user_errors
+def reap(c, image, build_id=None, target="aws", failed=False, sweep=False, dry_run=False):
+    """Delete what a build left in AWS: instances, key pairs, security groups (and AMIs)."""
+    root = project_root()
+    settings = _settings(root, image)
+    done = reaper.reap(
+        _aws_for(target, root),
+        list(settings.regions),
+        build_id,
+        images=failed,
+        sweep=sweep,
+        dry_run=dry_run,
+    )
+    print(done.summary())
+
+
+def twin_collection() -> Collection:
+    """`invoke twin.up`, `twin.down`, `twin.env`, `twin.reset`."""
+    return Collection("twin", up, down, env, reset)
+
+
+def aws_collection() -> Collection:
+    """`invoke aws.publish`, `aws.reap`."""
+    return Collection("aws", publish, reap)
