@@ -1,0 +1,109 @@
+"""buildspec.yml and the runner that plays it as CodeBuild does."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from goldsmith.aws import buildspec
+from goldsmith.catalogue import load as load_catalogue
+from goldsmith.errors import GoldsmithError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "buildspec.yml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_runner_keeps_one_shell_and_runs_post_build_after_a_failed_build(tmp_path: Path) -> None:
+    spec = write(
+        tmp_path,
+        """\
+        version: 0.2
+        env:
+          variables:
+            GREETING: from-env
+            OVERRIDDEN: no
+        phases:
+          install:
+            commands:
+              - SHARED=set-in-install
+          pre_build:
+            commands:
+              - echo "$SHARED $GREETING $OVERRIDDEN" > pre.txt
+          build:
+            commands:
+              - |
+                echo building > build.txt
+                false
+              - echo not-reached > skipped.txt
+          post_build:
+            commands:
+              - echo "succeeding=$CODEBUILD_BUILD_SUCCEEDING" > post.txt
+        """,
+    )
+    rc = buildspec.run(spec, {"OVERRIDDEN": "yes"}, tmp_path)
+    assert rc != 0
+    assert (tmp_path / "pre.txt").read_text().split() == ["set-in-install", "from-env", "yes"]
+    assert (tmp_path / "build.txt").exists()
+    assert not (tmp_path / "skipped.txt").exists()
+    assert (tmp_path / "post.txt").read_text().strip() == "succeeding=0"
+
+
+def test_failed_pre_build_stops_everything(tmp_path: Path) -> None:
+    spec = write(
+        tmp_path,
+        """\
+        version: 0.2
+        phases:
+          pre_build:
+            commands: ["false"]
+          build:
+            commands: ["touch build.txt"]
+          post_build:
+            commands: ["touch post.txt"]
+        """,
+    )
+    assert buildspec.run(spec, {}, tmp_path) != 0
+    assert not (tmp_path / "build.txt").exists() and not (tmp_path / "post.txt").exists()
+
+
+def test_passing_buildspec_exits_zero(tmp_path: Path) -> None:
+    spec = write(tmp_path, "version: 0.2\nphases:\n  build:\n    commands: ['true']\n")
+    assert buildspec.run(spec, {}, tmp_path) == 0
+
+
+def test_bad_buildspec_is_a_clear_error(tmp_path: Path) -> None:
+    spec = write(tmp_path, "version: 0.1\nphases: {}\n")
+    with pytest.raises(GoldsmithError, match="key 'version' must be 0.2"):
+        buildspec.load(spec)
+    spec = write(tmp_path, "version: 0.2\nphases:\n  deploy:\n    commands: []\n")
+    with pytest.raises(GoldsmithError, match="phases.deploy is not a CodeBuild phase"):
+        buildspec.load(spec)
+
+
+def test_project_buildspec_matches_the_catalogue_and_reports_junit() -> None:
+    spec = buildspec.load(ROOT / "buildspec.yml")
+    catalogue = load_catalogue(ROOT / "images.yml")
+    matrix = spec["batch"]["build-matrix"]["dynamic"]["env"]["variables"]["GOLDSMITH_IMAGES"]
+    aws_images = {n for n, i in catalogue.images.items() if "aws" in i.targets}
+    assert set(matrix) == aws_images  # every AMI bakes in its own parallel build
+    reports = {r["file-format"]: r for r in spec["reports"].values()}
+    assert set(reports) == {"JUNITXML"}
+    files = [f for r in spec["reports"].values() for f in r["files"]]
+    assert "build/*/junit.xml" in files and "build/junit-unit.xml" in files
+    text = yaml.safe_dump(spec["phases"])
+    for needed in (
+        "./run lint",
+        "--junitxml=build/junit-unit.xml",
+        "./run build --target",
+        "./run aws.publish",
+        "./run aws.reap",
+    ):
+        assert needed in text
