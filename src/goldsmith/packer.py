@@ -134,7 +134,12 @@ def build(
     tools.run(
         argv,
         prefix="packer",
-        env={"PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1", **(env or {})},
+        env={
+            "PACKER_NO_COLOR": "1",
+            "CHECKPOINT_DISABLE": "1",
+            "PACKER_CACHE_DIR": str(cwd / ".cache" / "packer"),
+            **(env or {}),
+        },
         cwd=cwd,
         on_line=on_line,
     )
