@@ -1,0 +1,673 @@
+"""The role developer's loop on a real VM, and the specs of an image against any host.
+
+Dev loop (as Molecule gives, on a real VM and without a bake):
+
+  up           boot `dev-<image>` from the image's base (an overlay; kept running)
+  converge     ansible-playbook playbooks/<image>.yml against it
+  verify       the specs of the playbook's roles against it
+  idempotence  converge again; fail listing every task that changed
+  login / down
+
+A dev VM is a goldsmith VM (goldsmith.vm) in .cache/vms/<name>/ with a `dev.json` that
+records which catalogue image it is for, so commands find it by image name. Re-converging
+costs Ansible's own time plus well under a second of goldsmith's: nothing is rebuilt, SSH
+connections persist between runs (ControlPersist) and modules are piped (pipelining).
+
+Idempotence exemption: tag a task `molecule-idempotence-notest` (as Molecule does) or
+`goldsmith-idempotence-notest`. Like Molecule, the second converge skips tasks with either
+tag (so they cannot notify handlers either); a change under an exempt tag is still not
+counted if one shows up (a tag on a block or role is inherited by its tasks).
+
+Specs against any host (after ansible_spec): each play's hosts pattern picks hosts from an
+Ansible inventory (`ansible-inventory --list`), and each host gets the specs of the roles
+of the plays it is in (meta dependencies included). With explicit `ssh://` hosts every
+role of the playbook applies to every host. A role without a spec is listed as uncovered.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+from . import base as base_images
+from . import setup, spec, tools, vm
+from .build import ansible_env
+from .catalogue import Image, load
+from .errors import GoldsmithError, ToolError
+from .paths import build_dir, venv_bin
+from .roles import RoleMap, resolve
+
+# Guest ports a dev VM forwards to loopback besides SSH: the web image's nginx and
+# node_exporter, so an engineer can curl them.
+DEV_FORWARDS = (80, 9100)
+# Tags that exempt a task from the idempotence check.
+EXEMPT_TAGS = ("molecule-idempotence-notest", "goldsmith-idempotence-notest")
+CALLBACK_DIR = Path(__file__).parent / "ansible_plugins" / "callback"
+CALLBACK = "goldsmith_changes"
+DEV_FILE = "dev.json"
+
+
+# --- dev VMs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevVM:
+    """A dev VM and the catalogue image it is for."""
+
+    machine: vm.VM
+    image: str
+
+    @property
+    def name(self) -> str:
+        return self.machine.name
+
+
+def vm_name(image: str, name: str | None = None) -> str:
+    """The VM an image's dev loop uses: `name` if given, else `dev-<image>`."""
+    return name or f"dev-{image}"
+
+
+def _image(root: Path, image: str) -> Image:
+    return load(root / "images.yml").image(image)
+
+
+def up(root: Path, image: str, name: str | None = None) -> DevVM:
+    """Boot the dev VM for `image` from the image's base (built first if missing)."""
+    img = _image(root, image)
+    if img.base.kind != "debootstrap":
+        raise GoldsmithError(
+            f"images.yml: images.{image}.base is {img.base.name!r}, a {img.base.kind}: "
+            "a dev VM boots a local (debootstrap) base; point the image at one to use the dev loop"
+        )
+    setup.ensure(root)
+    base_path = base_images.ensure(img.base, root)
+    vname = vm_name(image, name)
+    existing = _load(root, vname)
+    if existing and existing.machine.running() and existing.image != image:
+        raise GoldsmithError(
+            f"VM {vname} is already up for image {existing.image!r}; "
+            f"`invoke down --name {vname}` first or pick another --name"
+        )
+    machine = vm.up(vname, base_path, root=root, forward=DEV_FORWARDS)
+    (machine.dir / DEV_FILE).write_text(json.dumps({"image": image}) + "\n")
+    for guest, host in sorted(machine.forwards.items()):
+        tools.log("dev", f"guest port {guest} -> 127.0.0.1:{host}")
+    return DevVM(machine, image)
+
+
+def _load(root: Path, vname: str) -> DevVM | None:
+    machine = vm.status(vname, root)
+    dev_file = vm.vms_dir(root) / vname / DEV_FILE
+    if machine is None or not dev_file.is_file():
+        return None
+    return DevVM(machine, json.loads(dev_file.read_text())["image"])
+
+
+def dev_vms(root: Path) -> list[DevVM]:
+    """Every dev VM recorded in .cache/vms/ (running or not)."""
+    folder = vm.vms_dir(root)
+    found = [_load(root, d.name) for d in sorted(folder.iterdir())] if folder.is_dir() else []
+    return [d for d in found if d is not None]
+
+
+def find(root: Path, image: str | None = None, name: str | None = None) -> DevVM:
+    """The running dev VM for `image` (or called `name`; or the only one up)."""
+    if image is None and name is None:
+        running = [d for d in dev_vms(root) if d.machine.running()]
+        if len(running) == 1:
+            return running[0]
+        if not running:
+            raise GoldsmithError("no dev VM is up: `invoke up --image NAME` first")
+        names = ", ".join(f"{d.name} ({d.image})" for d in running)
+        raise GoldsmithError(f"several dev VMs are up ({names}): say which with --image or --name")
+    vname = vm_name(image or "", name)
+    found = _load(root, vname)
+    if found is None or not found.machine.running():
+        hint = f"--image {image}" if image else f"--image IMAGE --name {vname}"
+        raise GoldsmithError(f"dev VM {vname} is not up: `invoke up {hint}` first")
+    if image and found.image != image:
+        raise GoldsmithError(f"VM {vname} is the dev VM of image {found.image!r}, not {image!r}")
+    return found
+
+
+def down(root: Path, image: str | None = None, name: str | None = None) -> bool:
+    """Stop and remove a dev VM; False if there was none."""
+    if image is None and name is None:
+        dev = find(root)  # the only one up, else a clear error
+        return vm.down(dev.name, root)
+    return vm.down(vm_name(image or "", name), root)
+
+
+def login_argv(dev: DevVM, command: str | None = None) -> list[str]:
+    """The ssh command line that logs into `dev` (or runs `command` there)."""
+    return dev.machine.ssh_argv(*([command] if command else []))
+
+
+# --- converge and idempotence -----------------------------------------------------------
+
+
+def play_groups(role_map: RoleMap) -> list[str]:
+    """Group names the plays' hosts patterns use, so the dev VM is in every play."""
+    groups: list[str] = []
+    for play in role_map.plays:
+        for term in re.split(r"[,:]", play.hosts):
+            term = term.strip().lstrip("&!")
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", term) and term not in ("all", "ungrouped"):
+                groups.append(term)
+    return list(dict.fromkeys(groups))
+
+
+def write_inventory(dev: DevVM, role_map: RoleMap) -> Path:
+    """An inventory with the dev VM alone, in every group the playbook's plays name."""
+    m = dev.machine
+    host = {
+        "ansible_host": "127.0.0.1",
+        "ansible_port": m.ssh_port,
+        "ansible_user": m.user,
+        "ansible_ssh_private_key_file": str(m.key),
+        # The base's python3; no discovery round trip, no warning.
+        "ansible_python_interpreter": "/usr/bin/python3",
+    }
+    children = {g: {"hosts": {dev.name: None}} for g in play_groups(role_map)}
+    data: dict = {"all": {"hosts": {dev.name: host}}}
+    if children:
+        data["all"]["children"] = children
+    path = m.dir / "inventory.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def dev_ansible_env(root: Path) -> dict[str, str]:
+    """The build's Ansible settings, with SSH connections kept for a whole editing session."""
+    env = ansible_env(root)
+    env["ANSIBLE_SSH_ARGS"] = env["ANSIBLE_SSH_ARGS"].replace(
+        "ControlPersist=60s", "ControlPersist=30m"
+    )
+    return env
+
+
+def changes_env(changes_file: Path) -> dict[str, str]:
+    """Environment that makes ansible-playbook record its changed tasks in `changes_file`."""
+    return {
+        "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACK_DIR),
+        "ANSIBLE_CALLBACKS_ENABLED": CALLBACK,
+        "GOLDSMITH_CHANGES_FILE": str(changes_file),
+    }
+
+
+@dataclass
+class Converge:
+    """How long a converge took: Ansible's own time and the whole of it."""
+
+    ansible_seconds: float
+    total_seconds: float
+
+
+def converge(
+    root: Path,
+    image: str | None = None,
+    name: str | None = None,
+    *,
+    skip_tags: tuple[str, ...] = (),
+    changes_file: Path | None = None,
+) -> Converge:
+    """Run the image's playbook against its dev VM."""
+    started = time.monotonic()
+    dev = find(root, image, name)
+    img = _image(root, dev.image)
+    role_map = resolve(img.playbook, root)
+    inventory = write_inventory(dev, role_map)
+    env = dev_ansible_env(root)
+    if changes_file is not None:
+        changes_file.unlink(missing_ok=True)
+        env.update(changes_env(changes_file))
+    argv = [venv_bin("ansible-playbook"), "-i", str(inventory), str(img.playbook)]
+    if skip_tags:
+        argv += ["--skip-tags", ",".join(skip_tags)]
+    playbook = img.playbook.relative_to(root) if img.playbook.is_relative_to(root) else img.playbook
+    tools.log("converge", f"{playbook} -> {dev.name} ({dev.machine.url()})")
+    t = time.monotonic()
+    try:
+        tools.run(argv, prefix="ansible", env=env, cwd=root)
+    except ToolError as e:
+        raise GoldsmithError(
+            f"converge of {dev.name} failed: ansible-playbook exit code {e.code}"
+        ) from None
+    ansible_seconds = time.monotonic() - t
+    result = Converge(round(ansible_seconds, 1), round(time.monotonic() - started, 1))
+    tools.log(
+        "converge",
+        f"ansible-playbook ran {result.ansible_seconds:.1f}s; "
+        f"goldsmith added {result.total_seconds - result.ansible_seconds:.1f}s",
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class ChangedTask:
+    """A task that reported a change, where a reviewer finds it."""
+
+    host: str
+    role: str | None
+    task: str
+    handler: bool = False
+    tags: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        where = f"{self.role} : {self.task}" if self.role else self.task
+        kind = "handler" if self.handler else "task"
+        return f"{kind} [{where}] on {self.host}"
+
+
+@dataclass
+class Changes:
+    """What the idempotence converge changed: counted, and exempted by tag."""
+
+    changed: list[ChangedTask] = field(default_factory=list)
+    exempt: list[ChangedTask] = field(default_factory=list)
+    counted: dict[str, int] = field(default_factory=dict)  # Ansible's own recap
+
+
+def parse_changes(lines: list[str], exempt_tags: tuple[str, ...] = EXEMPT_TAGS) -> Changes:
+    """Read the goldsmith_changes callback's JSON lines into changed and exempt tasks.
+
+    Raises if the callback did not run (no start or stats event) or if Ansible's recap
+    counts changes the callback did not see: an idempotence check must never pass blind.
+    """
+    events = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            raise GoldsmithError(f"changes record line {n} is not JSON: {line[:200]!r}") from None
+    kinds = [e.get("event") for e in events]
+    if "start" not in kinds or "stats" not in kinds:
+        raise GoldsmithError(
+            f"the {CALLBACK} callback recorded no complete run "
+            f"(events: {', '.join(map(str, kinds)) or 'none'}); cannot tell what changed"
+        )
+    out = Changes()
+    for e in events:
+        if e["event"] == "stats":
+            for host, n in e["changed"].items():
+                out.counted[host] = out.counted.get(host, 0) + int(n)
+        elif e["event"] == "changed":
+            task = ChangedTask(
+                host=e["host"],
+                role=e.get("role"),
+                task=e["task"],
+                handler=bool(e.get("handler")),
+                tags=tuple(e.get("tags") or ()),
+            )
+            (out.exempt if set(task.tags) & set(exempt_tags) else out.changed).append(task)
+    seen: dict[str, int] = {}
+    for t in out.changed + out.exempt:
+        seen[t.host] = seen.get(t.host, 0) + 1
+    for host, n in out.counted.items():
+        if n > seen.get(host, 0):
+            raise GoldsmithError(
+                f"Ansible counted {n} change(s) on {host} but only {seen.get(host, 0)} "
+                "were recorded; cannot tell which tasks changed"
+            )
+    return out
+
+
+def idempotence(root: Path, image: str | None = None, name: str | None = None) -> Changes:
+    """Converge again; raise listing every task that changed (exempt tags skipped)."""
+    dev = find(root, image, name)
+    changes_file = dev.machine.dir / "changes.jsonl"
+    tools.log(
+        "idempotence", f"second converge of {dev.name}; exempt tags: {', '.join(EXEMPT_TAGS)}"
+    )
+    converge(root, dev.image, dev.name, skip_tags=EXEMPT_TAGS, changes_file=changes_file)
+    lines = changes_file.read_text().splitlines() if changes_file.is_file() else []
+    changes = parse_changes(lines)
+    for t in changes.exempt:
+        tools.log("idempotence", f"exempt (tagged): {t}")
+    if changes.changed:
+        raise GoldsmithError(
+            f"idempotence: {len(changes.changed)} task(s) changed on the second converge "
+            f"(tag a task {EXEMPT_TAGS[0]} to exempt it):\n  "
+            + "\n  ".join(str(t) for t in changes.changed)
+        )
+    tools.log("idempotence", "passed: the second converge changed nothing")
+    return changes
+
+
+# --- specs ------------------------------------------------------------------------------
+
+
+def verify(root: Path, image: str | None = None, name: str | None = None) -> spec.SpecResult:
+    """Run the specs of the image's roles against its dev VM; JUnit in build/dev/."""
+    dev = find(root, image, name)
+    img = _image(root, dev.image)
+    role_map = resolve(img.playbook, root)
+    spec.report_coverage(role_map)
+    if not role_map.specs:
+        raise GoldsmithError(f"{dev.image}: none of its roles has a spec in tests/spec/")
+    junit = build_dir(root) / "dev" / f"{dev.name}-junit.xml"
+    result = spec.run(
+        list(role_map.specs.values()),
+        hosts=dev.machine.url(),
+        ssh_key=dev.machine.key,
+        sudo=True,
+        junit=junit,
+        root=root,
+        suite=f"verify-{dev.name}",
+    )
+    _raise_failures(result, dev.name)
+    tools.log("verify", f"{result.passed} passed; JUnit: {_rel(junit, root)}")
+    return result
+
+
+def _raise_failures(result: spec.SpecResult, what: str) -> None:
+    if not result.ok:
+        failures = result.failures or ["no spec passed"]
+        raise GoldsmithError(f"{what}: {result.failed} spec(s) failed:\n  " + "\n  ".join(failures))
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One host specs run against: a testinfra host URL and the roles whose specs apply."""
+
+    name: str
+    url: str
+    key: Path | None
+    roles: tuple[str, ...]
+
+
+_PORT_RE = re.compile(r"^[0-9]{1,5}$")
+
+
+def parse_host_url(text: str) -> tuple[str | None, str, int | None]:
+    """`ssh://[user@]host[:port]` -> (user, host, port); a clear error otherwise."""
+    usage = "expected ssh://user@host[:port]"
+    raw = text.strip()
+    if not raw.startswith("ssh://"):
+        raise GoldsmithError(f"--hosts: {text!r} is not an SSH URL ({usage})")
+    parts = urlsplit(raw)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise GoldsmithError(f"--hosts: {text!r} has a path or query ({usage})")
+    netloc = parts.netloc
+    user = None
+    if "@" in netloc:
+        user_part, netloc = netloc.rsplit("@", 1)
+        user = unquote(user_part)
+        if not user or ":" in user:
+            raise GoldsmithError(
+                f"--hosts: {text!r}: bad user {user_part!r} (no passwords; {usage})"
+            )
+    port_text = ""
+    if netloc.startswith("["):  # IPv6: [::1]:22
+        host, _, rest = netloc[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise GoldsmithError(f"--hosts: {text!r}: bad host ({usage})")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = netloc.partition(":")
+    if not host or not re.fullmatch(r"[A-Za-z0-9_.:%-]+", host):
+        raise GoldsmithError(f"--hosts: {text!r}: no host or a bad one ({usage})")
+    port = None
+    if port_text or netloc.endswith(":"):
+        if not _PORT_RE.match(port_text) or not 0 < int(port_text) < 65536:
+            raise GoldsmithError(f"--hosts: {text!r}: port {port_text!r} is not 1-65535")
+        port = int(port_text)
+    return user, host, port
+
+
+def _url(user: str | None, host: str, port: int | None) -> str:
+    h = f"[{host}]" if ":" in host else host
+    return f"ssh://{user + '@' if user else ''}{h}{':' + str(port) if port else ''}"
+
+
+def host_targets(hosts: str, role_map: RoleMap, key: Path | None) -> list[Target]:
+    """Targets for explicit URLs (comma-separated): every role of the playbook on each."""
+    targets = []
+    for text in [h for h in hosts.split(",") if h.strip()]:
+        user, host, port = parse_host_url(text)
+        name = f"{host}:{port}" if port else host
+        targets.append(Target(name, _url(user, host, port), key, role_map.roles))
+    if not targets:
+        raise GoldsmithError("--hosts: no host given")
+    return targets
+
+
+@dataclass
+class Inventory:
+    """An Ansible inventory as `ansible-inventory --list` gives it."""
+
+    path: Path
+    hosts: list[str]  # in inventory order
+    hostvars: dict[str, dict]
+    groups: dict[str, list[str]]  # group -> every host in it or its children
+
+
+def load_inventory(path: Path, root: Path) -> Inventory:
+    """Read `path` with the real `ansible-inventory --list` (any format, plugins, vars)."""
+    if not path.exists():
+        raise GoldsmithError(f"--inventory: {path} does not exist")
+    try:
+        out = tools.capture(
+            [venv_bin("ansible-inventory"), "-i", str(path), "--list"],
+            env={**os.environ, **ansible_env(root)},
+            cwd=root,
+        )
+    except ToolError as e:
+        raise GoldsmithError(f"--inventory: ansible-inventory cannot read {path}: {e}") from None
+    data = json.loads(out)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    groups: dict[str, list[str]] = {}
+
+    def members(group: str, chain: tuple[str, ...] = ()) -> list[str]:
+        if group in groups:
+            return groups[group]
+        node = data.get(group, {})
+        found = list(node.get("hosts", []))
+        for child in node.get("children", []):
+            if child not in chain:
+                found.extend(members(child, (*chain, group)))
+        groups[group] = list(dict.fromkeys(found))
+        return groups[group]
+
+    order = members("all")
+    for group in data:
+        if group != "_meta":
+            members(group)
+    for h in hostvars:  # hosts only in _meta (rare) still count
+        if h not in order:
+            order.append(h)
+    groups["all"] = order
+    return Inventory(path, order, hostvars, groups)
+
+
+def _split_pattern(pattern: str) -> list[str]:
+    # Ansible splits on commas, else on colons (a bare IPv6 address has too many colons).
+    if "," in pattern:
+        terms = pattern.split(",")
+    elif pattern.count(":") > 1 and not any(c in pattern for c in "!&"):
+        terms = [pattern]
+    else:
+        terms = pattern.split(":")
+    return [t.strip() for t in terms if t.strip()]
+
+
+def _match_term(term: str, inv: Inventory, pattern: str) -> list[str]:
+    if term in ("all", "*"):
+        return list(inv.hosts)
+    if "[" in term and term.endswith("]") and not term.startswith("~"):
+        raise GoldsmithError(
+            f"hosts pattern {pattern!r}: subscripts ({term!r}) are not supported; "
+            "name the group or hosts"
+        )
+    if term in inv.groups:
+        return list(inv.groups[term])
+    if term in inv.hostvars:
+        return [term]
+    if term.startswith("~"):
+        regex = re.compile(term[1:])
+        match = regex.match
+    else:
+        regex = re.compile(fnmatch.translate(term))
+        match = regex.match
+    found: list[str] = []
+    for group, hosts in inv.groups.items():
+        if match(group):
+            found.extend(hosts)
+    found.extend(h for h in inv.hosts if match(h))
+    return list(dict.fromkeys(found))
+
+
+def expand_pattern(pattern: str, inv: Inventory) -> list[str]:
+    """The hosts a play's `hosts:` pattern selects (unions, `&` intersections, `!` exclusions)."""
+    terms = _split_pattern(pattern)
+    plain = [t for t in terms if t[0] not in "&!"]
+    inter = [t[1:] for t in terms if t[0] == "&"]
+    excl = [t[1:] for t in terms if t[0] == "!"]
+    selected: set[str] = set()
+    for t in plain or (["all"] if inter or excl else []):
+        selected |= set(_match_term(t, inv, pattern))
+    for t in inter:
+        selected &= set(_match_term(t, inv, pattern))
+    for t in excl:
+        selected -= set(_match_term(t, inv, pattern))
+    return [h for h in inv.hosts if h in selected]
+
+
+_SSH_CONNECTIONS = ("ssh", "smart", "paramiko", "paramiko_ssh", "ansible.builtin.ssh")
+
+
+def inventory_targets(inv: Inventory, role_map: RoleMap, key: Path | None) -> list[Target]:
+    """Each host the playbook's plays select, with the roles of the plays it is in."""
+    roles_of: dict[str, list[str]] = {}
+    for play in role_map.plays:
+        for h in expand_pattern(play.hosts or "all", inv):
+            roles_of.setdefault(h, []).extend(play.roles)
+    targets = []
+    for h in inv.hosts:
+        if h not in roles_of:
+            continue
+        hv = inv.hostvars.get(h, {})
+        for var, value in hv.items():
+            if var.startswith("ansible_") and isinstance(value, str) and "{{" in value:
+                raise GoldsmithError(
+                    f"{inv.path}: host {h}: {var} is templated ({value!r}); "
+                    "goldsmith needs literal connection variables"
+                )
+        connection = str(hv.get("ansible_connection", "ssh"))
+        host_key = hv.get("ansible_ssh_private_key_file") or hv.get("ansible_private_key_file")
+        if connection in ("local", "ansible.builtin.local"):
+            url = "local://"
+        elif connection in _SSH_CONNECTIONS:
+            port = hv.get("ansible_port", hv.get("ansible_ssh_port"))
+            user = hv.get("ansible_user", hv.get("ansible_ssh_user"))
+            try:
+                port_num = int(port) if port is not None else None
+            except (TypeError, ValueError):
+                raise GoldsmithError(
+                    f"{inv.path}: host {h}: ansible_port {port!r} is not a number"
+                ) from None
+            url = _url(user, str(hv.get("ansible_host", h)), port_num)
+        else:
+            raise GoldsmithError(
+                f"{inv.path}: host {h}: ansible_connection {connection!r} is not supported "
+                "(specs run over ssh or locally)"
+            )
+        targets.append(
+            Target(
+                h,
+                url,
+                Path(host_key).expanduser() if host_key else key,
+                tuple(dict.fromkeys(roles_of[h])),
+            )
+        )
+    if not targets:
+        patterns = ", ".join(repr(p.hosts) for p in role_map.plays)
+        raise GoldsmithError(f"{inv.path}: no host matches the playbook's plays ({patterns})")
+    return targets
+
+
+@dataclass
+class SpecRun:
+    """The result of specs against hosts: per host, merged JUnit, uncovered roles."""
+
+    junit: Path
+    results: dict[str, spec.SpecResult]
+    uncovered: tuple[str, ...]
+
+    @property
+    def failures(self) -> list[str]:
+        return [
+            f"{host}: {f}"
+            for host, r in self.results.items()
+            for f in (r.failures or ([] if r.ok else ["no spec passed"]))
+        ]
+
+
+def spec_hosts(
+    root: Path,
+    image: str,
+    *,
+    hosts: str | None = None,
+    inventory: Path | None = None,
+    key: Path | None = None,
+    sudo: bool = True,
+    junit: Path | None = None,
+) -> SpecRun:
+    """Run the specs of `image`'s roles against `hosts` or an inventory's hosts."""
+    if bool(hosts) == bool(inventory):
+        raise GoldsmithError("give either --hosts ssh://user@host[:port] or --inventory FILE")
+    if key is not None and not key.is_file():
+        raise GoldsmithError(f"--key: {key} does not exist")
+    img = _image(root, image)
+    role_map = resolve(img.playbook, root)
+    spec.report_coverage(role_map)
+    if inventory is not None:
+        targets = inventory_targets(load_inventory(inventory, root), role_map, key)
+    else:
+        targets = host_targets(hosts or "", role_map, key)
+    junit = junit or build_dir(root) / "spec" / f"{image}-junit.xml"
+    results: dict[str, spec.SpecResult] = {}
+    with tempfile.TemporaryDirectory(prefix="goldsmith-spec-") as tmp:
+        parts = []
+        for i, t in enumerate(targets):
+            paths = [role_map.specs[r] for r in t.roles if r in role_map.specs]
+            if not paths:
+                tools.log("spec", f"{t.name}: none of its roles ({', '.join(t.roles)}) has a spec")
+                continue
+            covered = [r for r in t.roles if r in role_map.specs]
+            tools.log("spec", f"{t.name} ({t.url}): specs of {', '.join(covered)}")
+            part = Path(tmp) / f"{i}.xml"
+            results[t.name] = spec.run(
+                paths, hosts=t.url, junit=part, root=root, ssh_key=t.key, sudo=sudo, suite=t.name
+            )
+            parts.append(part)
+        if not results:
+            raise GoldsmithError(f"{image}: none of its roles has a spec in tests/spec/")
+        spec.merge_junit(parts, junit)
+    run = SpecRun(junit, results, role_map.uncovered)
+    tools.log("spec", f"JUnit: {_rel(junit, root)}")
+    if run.failures:
+        raise GoldsmithError(
+            f"{image}: {len(run.failures)} spec(s) failed:\n  " + "\n  ".join(run.failures)
+        )
+    passed = sum(r.passed for r in results.values())
+    tools.log("spec", f"{passed} passed on {len(results)} host(s)")
+    return run
