@@ -82,6 +82,7 @@ def down(c, image=None, name=None):
 
 
 @task(
+    auto_shortflags=False,  # -h would shadow --help
     help={
         "image": "image whose roles' specs run (a key of `images` in images.yml)",
         "hosts": "ssh://user@host[:port], comma-separated for several; every role applies",
@@ -89,7 +90,7 @@ def down(c, image=None, name=None):
         "key": "SSH private key (hosts without ansible_ssh_private_key_file)",
         "sudo": "run the checks with sudo (default); --no-sudo to run as the SSH user",
         "junit": "JUnit file to write (default: build/spec/<image>-junit.xml)",
-    }
+    },
 )
 @user_errors
 def spec(c, image, hosts=None, inventory=None, key=None, sudo=True, junit=None):

@@ -1,0 +1,219 @@
+"""The role developer's loop on a real VM, and specs against any host.
+
+One dev VM for the web image serves the whole module (a converge under TCG takes
+minutes): up, converge, verify, idempotence of every shipped role, `invoke spec` against
+it and against a bare base VM, then edits in throwaway copies of the project (their
+.cache is the real one, so they reach the same VM by name), then down.
+Tests run in file order; the ones that edit the VM's roles come last.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, invoke, qemu_processes
+
+from goldsmith import dev, vm
+from goldsmith.roles import resolve, role_defaults
+
+pytestmark = pytest.mark.bake
+
+NAME = "test-dev-web"
+BARE = "test-dev-bare"
+
+
+def ours(*names: str) -> list[str]:
+    """qemu processes of this module's VMs (other suites' VMs may run beside them)."""
+    return [p for p in qemu_processes() if any(f"goldsmith-{n} " in p for n in names)]
+
+
+def http_get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return r.read().decode()
+
+
+def out(proc) -> str:
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def dev_vm():
+    """`invoke up --image web`: a dev VM kept running for the module; down at the end."""
+    invoke(ROOT, "down", "--name", NAME)  # left over from an interrupted run
+    proc = invoke(ROOT, "up", "--image", "web", "--name", NAME)
+    assert proc.returncode == 0, out(proc)[-3000:]
+    yield dev.find(ROOT, "web", NAME)
+    invoke(ROOT, "down", "--name", NAME)
+    invoke(ROOT, "down", "--name", BARE)
+
+
+@pytest.fixture(scope="module")
+def converged(dev_vm: dev.DevVM) -> dev.DevVM:
+    """`invoke converge`: the web playbook applied to the dev VM."""
+    proc = invoke(ROOT, "converge", "--image", "web", "--name", NAME)
+    assert proc.returncode == 0, out(proc)[-3000:]
+    assert "PLAY RECAP" in proc.stdout and "failed=0" in proc.stdout
+    return dev_vm
+
+
+def test_up_boots_a_dev_vm_from_the_base_kept_running(dev_vm: dev.DevVM) -> None:
+    assert dev_vm.image == "web" and dev_vm.machine.running()
+    assert set(dev_vm.machine.forwards) == {22, 80, 9100}
+    assert ours(NAME), "the dev VM is not running"
+    # Found by image name through its state in .cache/vms/.
+    assert (ROOT / ".cache/vms" / NAME / "dev.json").is_file()
+    proc = invoke(ROOT, "login", "--name", NAME, "--command", "id -un && sudo -n true && echo sudo")
+    assert proc.returncode == 0, out(proc)
+    assert proc.stdout.split() == ["goldsmith", "sudo"]
+    # A second `up` finds it running and boots nothing.
+    proc = invoke(ROOT, "up", "--image", "web", "--name", NAME)
+    assert proc.returncode == 0 and "already up" in proc.stdout
+
+
+def test_converge_applies_the_web_playbook_and_verify_passes(converged: dev.DevVM) -> None:
+    nginx = role_defaults("nginx", ROOT)
+    body = http_get(converged.machine.forwards[80], nginx["nginx_health_path"])
+    assert body.strip() == str(nginx["nginx_health_body"])
+    assert "node_cpu_seconds_total" in http_get(converged.machine.forwards[9100], "/metrics")
+
+    proc = invoke(ROOT, "verify", "--image", "web", "--name", NAME)
+    assert proc.returncode == 0, out(proc)[-3000:]
+    junit = ROOT / "build/dev" / f"{NAME}-junit.xml"
+    cases = list(ET.parse(junit).getroot().iter("testcase"))
+    assert len(cases) > 5
+    assert not [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
+
+
+def test_idempotence_passes_for_every_shipped_role(converged: dev.DevVM) -> None:
+    shipped = {p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir()}
+    assert set(resolve(ROOT / "playbooks/web.yml", ROOT).roles) == shipped, (
+        "the web playbook must apply every shipped role for this test to prove them all"
+    )
+    proc = invoke(ROOT, "idempotence", "--image", "web", "--name", NAME)
+    assert proc.returncode == 0, out(proc)[-5000:]
+    assert "the second converge changed nothing" in proc.stdout
+    assert re.search(rf"{NAME}\s+: ok=\d+\s+changed=0 ", proc.stdout)
+
+
+def test_spec_against_the_converged_vm_passes(converged: dev.DevVM, tmp_path: Path) -> None:
+    m = converged.machine
+    junit = tmp_path / "spec-junit.xml"
+    proc = invoke(
+        ROOT,
+        "spec",
+        "--image",
+        "web",
+        "--hosts",
+        f"ssh://goldsmith@127.0.0.1:{m.ssh_port}",
+        "--key",
+        str(m.key),
+        "--junit",
+        str(junit),
+    )
+    assert proc.returncode == 0, out(proc)[-3000:]
+    cases = list(ET.parse(junit).getroot().iter("testcase"))
+    assert len(cases) > 5 and not [c for c in cases if c.find("failure") is not None]
+
+
+def test_spec_against_a_bare_base_vm_fails_naming_missing_pieces(converged: dev.DevVM) -> None:
+    proc = invoke(ROOT, "up", "--image", "web", "--name", BARE)
+    assert proc.returncode == 0, out(proc)[-3000:]
+    try:
+        bare = dev.find(ROOT, "web", BARE)
+        proc = invoke(
+            ROOT,
+            "spec",
+            "--image",
+            "web",
+            "--hosts",
+            f"ssh://goldsmith@127.0.0.1:{bare.machine.ssh_port}",
+            "--key",
+            str(bare.machine.key),
+        )
+    finally:
+        invoke(ROOT, "down", "--name", BARE)
+    assert proc.returncode != 0
+    failed = [line for line in proc.stderr.splitlines() if "::" in line]
+    assert any("nginx" in line for line in failed), proc.stderr[-3000:]
+    assert any("node_exporter" in line for line in failed), proc.stderr[-3000:]
+    assert (ROOT / "build/spec/web-junit.xml").is_file()
+    assert not ours(BARE), "the bare VM outlived `invoke down`"
+
+
+def test_a_non_idempotent_task_fails_idempotence_naming_it(
+    converged: dev.DevVM, scratch: Path
+) -> None:
+    tasks = scratch / "roles/nginx/tasks/main.yml"
+    tasks.write_text(
+        tasks.read_text() + "\n- name: Count the workers on every run\n"
+        "  ansible.builtin.command: pgrep -c nginx\n"
+        "\n- name: Rotate the demo token\n"
+        "  ansible.builtin.command: /bin/true\n"
+        "  tags: [molecule-idempotence-notest]\n"
+    )
+    proc = invoke(scratch, "idempotence", "--image", "web", "--name", NAME)
+    assert proc.returncode != 0
+    assert "1 task(s) changed" in proc.stderr, out(proc)[-3000:]
+    assert "task [nginx : Count the workers on every run]" in proc.stderr
+    assert "Rotate the demo token" not in proc.stderr
+
+
+MARKER_TASK = """
+- name: Write the dev loop marker
+  ansible.builtin.copy:
+    dest: /etc/goldsmith-dev-marker
+    content: "{{ nginx_health_body }}\\n"
+    owner: root
+    group: root
+    mode: "0644"
+"""
+MARKER_SPEC = """\
+def test_dev_loop_marker_holds_the_health_body(host, defaults):
+    body = defaults["nginx_health_body"]
+    assert host.file("/etc/goldsmith-dev-marker").content_string == f"{body}\\n"
+"""
+
+
+def test_a_changed_task_is_applied_by_converge_and_checked_by_verify(
+    converged: dev.DevVM, scratch: Path
+) -> None:
+    tasks = scratch / "roles/nginx/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + MARKER_TASK)
+    (scratch / "tests/spec/nginx/test_dev_marker.py").write_text(MARKER_SPEC)
+    defaults = scratch / "roles/nginx/defaults/main.yml"
+    text = defaults.read_text()
+    assert "nginx_health_body: ok" in text
+    defaults.write_text(text.replace("nginx_health_body: ok", "nginx_health_body: edited"))
+
+    # Before the converge, verify sees the VM does not match the edited role.
+    proc = invoke(scratch, "verify", "--image", "web", "--name", NAME)
+    assert proc.returncode != 0
+    assert "test_dev_loop_marker_holds_the_health_body" in proc.stderr, out(proc)[-3000:]
+
+    started = time.monotonic()
+    proc = invoke(scratch, "converge", "--image", "web", "--name", NAME)
+    wall = time.monotonic() - started
+    assert proc.returncode == 0, out(proc)[-3000:]
+    ansible = float(re.search(r"ansible-playbook ran ([0-9.]+)s", proc.stdout).group(1))
+    # Nothing is rebuilt: goldsmith (and starting Python and invoke) adds seconds at most.
+    assert wall - ansible < 10, f"converge took {wall:.0f}s, Ansible {ansible:.0f}s"
+    assert not (scratch / "build/web").exists() and "packer" not in proc.stdout.lower()
+    path = role_defaults("nginx", scratch)["nginx_health_path"]
+    assert http_get(converged.machine.forwards[80], path).strip() == "edited"
+
+    proc = invoke(scratch, "verify", "--image", "web", "--name", NAME)
+    assert proc.returncode == 0, out(proc)[-3000:]
+
+
+def test_down_stops_and_removes_the_dev_vm(dev_vm: dev.DevVM) -> None:
+    proc = invoke(ROOT, "down", "--image", "web", "--name", NAME)
+    assert proc.returncode == 0
+    assert vm.status(NAME, ROOT) is None
+    assert not ours(NAME, BARE), "a qemu of this module outlived `invoke down`"
+    proc = invoke(ROOT, "converge", "--image", "web", "--name", NAME)
+    assert proc.returncode != 0 and f"dev VM {NAME} is not up" in proc.stderr
