@@ -30,14 +30,17 @@ def namespace() -> Collection:
     from . import core
 
     ns = Collection.from_module(core)
-    for name in ("dev", "twin"):
-        try:
-            mod = __import__(f"goldsmith.tasks.{name}", fromlist=[name])
-        except ModuleNotFoundError:
-            continue
-        if name == "twin":
-            ns.add_collection(Collection.from_module(mod), name="twin")
-        else:
-            for t in Collection.from_module(mod).tasks.values():
-                ns.add_task(t)
+    # The dev loop's tasks sit at the top level (`invoke up`, `converge`, ...).
+    try:
+        from . import dev
+    except ModuleNotFoundError:
+        dev = None
+    if dev is not None:
+        for t in Collection.from_module(dev).tasks.values():
+            ns.add_task(t)
+    # The AWS side: `invoke twin.up|down|env|reset` and `invoke aws.publish|reap`.
+    from ..aws.tasks import aws_collection, twin_collection
+
+    ns.add_collection(twin_collection())
+    ns.add_collection(aws_collection())
     return ns
