@@ -87,3 +87,12 @@ def test(c, fast=False, k=None):
         from invoke import Exit
 
         raise Exit(f"tests failed (pytest exit code {result.exited})", code=result.exited)
+
+
+@task(help={"image": "image to bake for the benchmark (default: base)"})
+@user_errors
+def bench(c, image="base"):
+    """Benchmark a bake here: phases, shares, reuse and sizes, appended to bench/results.jsonl."""
+    from ..bench import run
+
+    run(project_root(), image)
