@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -55,13 +56,19 @@ def hygiene_dir(root: Path) -> Path:
 
 
 def ssh_config(path: Path) -> Path:
-    """An ssh_config for build machines: their host keys are new every boot."""
+    """An ssh_config for build machines: their host keys are new every boot.
+
+    testinfra asks for ControlMaster but sets no ControlPath, so without one every check
+    would be a new SSH handshake (seconds each under emulation); this one shares a
+    connection for the whole run.
+    """
     path.write_text(
         "Host *\n"
         "  StrictHostKeyChecking no\n"
         "  UserKnownHostsFile /dev/null\n"
         "  LogLevel ERROR\n"
         "  IdentitiesOnly yes\n"
+        f"  ControlPath {path.parent}/cm-%C\n"
     )
     return path
 
@@ -116,7 +123,11 @@ def run(
         if connection:
             argv.append(f"--connection={connection}")
         env = {"GOLDSMITH_ROOT": str(root), **(extra_env or {})}
-        code = tools.run(argv, prefix=suite, env=env, cwd=root, check=False)
+        try:
+            code = tools.run(argv, prefix=suite, env=env, cwd=root, check=False)
+        finally:
+            # The shared connection's master outlives pytest by ControlPersist: end it now.
+            subprocess.run(["pkill", "-f", f"-F {tmp}/ssh_config"], check=False)
     result = parse_junit(junit)
     if code not in (0, 1) and result.failed == 0:
         # pytest itself failed (collection error, bad option): never count that as a pass.
