@@ -27,6 +27,17 @@ build {
     destination = "/tmp/goldsmith-seal.sh"
   }
 
+  # On a cloud target the seal is the last step over the build's own SSH connection
+  # (the qemu source seals in its shutdown_command instead). It removes the build user,
+  # so Packer must not try to clean the script up afterwards (the seal removes it).
+  provisioner "shell" {
+    only             = ["amazon-ebs.aws"]
+    script           = var.seal_script
+    skip_clean       = true
+    environment_vars = var.aws_seal_environment
+    execute_command  = "sudo -n sh -c '{{ .Vars }} {{ .Path }}'"
+  }
+
   post-processor "manifest" {
     output     = var.manifest_path
     strip_path = false

@@ -129,6 +129,12 @@ variable "aws_ssh_port" {
   description = "Twin only: the stand-in VM's forwarded SSH port."
 }
 
+variable "aws_seal_environment" {
+  type        = list(string)
+  default     = []
+  description = "Environment of the seal script on the builder. The twin sets GOLDSMITH_SEAL_POWEROFF=1: its stand-in VM powers itself off cleanly, as EC2's stop does, so its disk can be checked."
+}
+
 variable "aws_wait_delay_seconds" {
   type        = number
   default     = 15

@@ -127,7 +127,7 @@ def run(
             code = tools.run(argv, prefix=suite, env=env, cwd=root, check=False)
         finally:
             # The shared connection's master outlives pytest by ControlPersist: end it now.
-            subprocess.run(["pkill", "-f", f"-F {tmp}/ssh_config"], check=False)
+            subprocess.run(["pkill", "-f", f"{tmp}/ssh_config"], check=False)
     result = parse_junit(junit)
     if code not in (0, 1) and result.failed == 0:
         # pytest itself failed (collection error, bad option): never count that as a pass.

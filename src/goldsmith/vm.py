@@ -238,8 +238,14 @@ def up(
     forward: tuple[int, ...] = (),
     memory: str = "2048",
     timeout: float = 300,
+    key: Path | None = None,
 ) -> VM:
-    """Boot `name` from `image` (an overlay; the image is never written) and wait for SSH."""
+    """Boot `name` from `image` (an overlay; the image is never written) and wait for SSH.
+
+    `key`: an existing private key (its public half beside it, `<key>.pub`) to hand the
+    guest instead of a fresh one, e.g. the build's key, which an AWS twin build also
+    imports as the EC2 key pair. It is copied into the VM's folder.
+    """
     root = root or project_root()
     existing = status(name, root)
     if existing and existing.running():
@@ -253,7 +259,13 @@ def up(
     vdir.mkdir(parents=True)
     vm = VM(name=name, dir=vdir, image=str(image.resolve()), ssh_port=free_port())
     vm.forwards = {22: vm.ssh_port, **{p: free_port() for p in forward}}
-    public = make_key(vm.key)
+    if key is None:
+        public = make_key(vm.key)
+    else:
+        shutil.copy(key, vm.key)
+        shutil.copy(f"{key}.pub", f"{vm.key}.pub")
+        vm.key.chmod(0o600)
+        public = Path(f"{vm.key}.pub").read_text().strip()
     overlay = vdir / "disk.qcow2"
     tools.capture(
         [

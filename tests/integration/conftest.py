@@ -48,8 +48,30 @@ def scratch(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def add_mini_image(project: Path, spec_body: str) -> None:
-    """A one-role image that bakes in about a minute, for tests of the bake's failure paths."""
+# The aws section a mini image gets for the twin target: the catalogue's own source filter,
+# two regions (so copies really happen) and the default SSM path.
+MINI_AWS = """    aws:
+      source_ami:
+        owners: ["136693071363"]
+        name: "debian-12-amd64-*"
+      ssh_username: admin
+      instance_type: t3.small
+      regions: [eu-west-1, eu-central-1]
+      share_with: []
+      ssm_parameter: /goldsmith/{image}/latest
+      encrypt_boot: true
+      kms_key_id: ""
+      spot: false
+"""
+
+
+def add_mini_image(
+    project: Path, spec_body: str, targets: tuple[str, ...] = ("local",)
+) -> None:
+    """A one-role image that bakes in about a minute, for tests of the bake's failure paths.
+
+    With "twin" (or "aws") in `targets` it also gets an aws section.
+    """
     (project / "roles/mini/tasks").mkdir(parents=True)
     (project / "roles/mini/tasks/main.yml").write_text(
         "---\n- name: Write the marker file\n  ansible.builtin.copy:\n"
@@ -60,11 +82,12 @@ def add_mini_image(project: Path, spec_body: str) -> None:
     )
     (project / "tests/spec/mini").mkdir(parents=True)
     (project / "tests/spec/mini/test_mini.py").write_text(spec_body)
-    text = (project / "images.yml").read_text()
-    text = text.replace(
-        "\nimages:\n",
+    entry = (
         "\nimages:\n  mini:\n    base: debian12\n    playbook: playbooks/mini.yml\n"
-        "    targets: [local]\n",
-        1,
+        f"    targets: [{', '.join(targets)}]\n"
     )
+    if {"twin", "aws"} & set(targets):
+        entry += MINI_AWS
+    text = (project / "images.yml").read_text()
+    text = text.replace("\nimages:\n", entry, 1)
     (project / "images.yml").write_text(text)
