@@ -226,7 +226,9 @@ def bake_local(p: Plan, *, force: bool, started: float) -> Path:
         phases = packer.Timings()
         tools.log("phase", f"bake {image.name} ({values['accelerator']})")
         try:
-            packer.build(template, var_file, only="goldsmith.qemu.local", cwd=root, on_line=phases.line)
+            packer.build(
+                template, var_file, only="goldsmith.qemu.local", cwd=root, on_line=phases.line
+            )
         except ToolError:
             failed = spec.parse_junit(live_junit)
             if failed.failures:

@@ -22,8 +22,11 @@ def invoke(root: Path, *args: str, timeout: float = 3600) -> subprocess.Complete
     """Run goldsmith's tasks as a user would, in `root`; output is kept for the assertions."""
     proc = subprocess.run(
         [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
-        cwd=root, env={**os.environ, "GOLDSMITH_ROOT": str(root)},
-        capture_output=True, text=True, timeout=timeout,
+        cwd=root,
+        env={**os.environ, "GOLDSMITH_ROOT": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     sys.stdout.write(proc.stdout[-20000:])
     sys.stderr.write(proc.stderr[-5000:])
@@ -65,9 +68,7 @@ MINI_AWS = """    aws:
 """
 
 
-def add_mini_image(
-    project: Path, spec_body: str, targets: tuple[str, ...] = ("local",)
-) -> None:
+def add_mini_image(project: Path, spec_body: str, targets: tuple[str, ...] = ("local",)) -> None:
     """A one-role image that bakes in about a minute, for tests of the bake's failure paths.
 
     With "twin" (or "aws") in `targets` it also gets an aws section.
@@ -75,7 +76,7 @@ def add_mini_image(
     (project / "roles/mini/tasks").mkdir(parents=True)
     (project / "roles/mini/tasks/main.yml").write_text(
         "---\n- name: Write the marker file\n  ansible.builtin.copy:\n"
-        "    dest: /etc/mini\n    content: \"hello\\n\"\n    mode: \"0644\"\n"
+        '    dest: /etc/mini\n    content: "hello\\n"\n    mode: "0644"\n'
     )
     (project / "playbooks/mini.yml").write_text(
         "---\n- name: Mini\n  hosts: all\n  become: true\n  roles: [mini]\n"

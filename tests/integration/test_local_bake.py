@@ -43,9 +43,14 @@ def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
 def test_baked_base_boots_with_its_own_boot_loader_and_answers_ssh(baked_base: Path) -> None:
     """No -kernel: extlinux on the disk boots it; first boot makes new host keys."""
     with vm.booted("test-boot-base", baked_base / "base.qcow2", root=ROOT) as machine:
-        out = machine.ssh("sudo", "-n", "sh", "-c",
-                          "ls /etc/ssh/ssh_host_ed25519_key && cat /etc/machine-id && "
-                          "systemctl is-active prometheus-node-exporter").stdout.split()
+        out = machine.ssh(
+            "sudo",
+            "-n",
+            "sh",
+            "-c",
+            "ls /etc/ssh/ssh_host_ed25519_key && cat /etc/machine-id && "
+            "systemctl is-active prometheus-node-exporter",
+        ).stdout.split()
         assert out[0] == "/etc/ssh/ssh_host_ed25519_key"
         assert len(out[1]) == 32  # a machine-id made at this first boot
         assert out[2] == "active"
@@ -61,8 +66,11 @@ def test_second_build_with_same_inputs_reuses_the_image(baked_base: Path) -> Non
 
 
 def test_failing_spec_fails_the_build_names_it_and_writes_nothing(scratch: Path) -> None:
-    add_mini_image(scratch, "def test_marker_says_goodbye(host):\n"
-                            "    assert host.file('/etc/mini').content_string == 'goodbye\\n'\n")
+    add_mini_image(
+        scratch,
+        "def test_marker_says_goodbye(host):\n"
+        "    assert host.file('/etc/mini').content_string == 'goodbye\\n'\n",
+    )
     proc = invoke(scratch, "build", "--image", "mini")
     assert proc.returncode != 0
     assert "test_marker_says_goodbye" in proc.stderr + proc.stdout
@@ -73,8 +81,11 @@ def test_failing_spec_fails_the_build_names_it_and_writes_nothing(scratch: Path)
 
 
 def test_misspelt_catalogue_key_fails_before_any_vm(scratch: Path) -> None:
-    text = (scratch / "images.yml").read_text().replace("playbook: playbooks/web.yml",
-                                                         "playbok: playbooks/web.yml")
+    text = (
+        (scratch / "images.yml")
+        .read_text()
+        .replace("playbook: playbooks/web.yml", "playbok: playbooks/web.yml")
+    )
     (scratch / "images.yml").write_text(text)
     proc = invoke(scratch, "build", "--image", "web", timeout=120)
     assert proc.returncode != 0
