@@ -84,21 +84,13 @@ def publish(c, image, target="aws", manifest=None):
     root = project_root()
     settings = _settings(root, image)
     path = Path(manifest) if manifest else build_dir(root) / image / "manifest.json"
-    provenance, built = publishing.from_build_manifest(path)
+    provenance, _ = publishing.from_build_manifest(path)
     if provenance.image != image:
         raise GoldsmithError(f"{path}: image is {provenance.image!r}, not {image!r}")
-    kms = {built.source_region: settings.kms_key_id} if settings.kms_key_id else {}
-    result = publishing.publish(
-        _aws_for(target, root),
-        built,
-        provenance,
-        regions=list(settings.regions),
-        share_with=list(settings.share_with),
-        ssm_parameter=settings.ssm_parameter,
-        encrypted=settings.encrypt_boot,
-        kms_key_ids=kms,
-    )
-    md, js = report.write(result, build_dir(root) / image)
+    from .build import publish_manifest
+
+    publish_manifest(_aws_for(target, root), settings, path, root)
+    md, js = path.parent / report.MARKDOWN, path.parent / report.JSON
     print(md.read_text())
     print(f"report: {md.relative_to(root)}, {js.relative_to(root)}")
 

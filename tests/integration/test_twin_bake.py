@@ -1,0 +1,203 @@
+"""The twin target end to end: Packer's amazon-ebs against moto, a local VM as the instance.
+
+One full bake of `web` (through buildspec.yml, as CodeBuild would run it) is the whole
+suite's budget for a real twin bake under TCG; the failure paths use the tiny `mini`
+image of a scratch project. What is checked is what a user sees: the AWS CLI pointed at
+the twin, the build's files, and the processes left on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, add_mini_image, invoke, qemu_processes
+
+from goldsmith.aws import amis, buildspec, reaper, ssm, twin
+from goldsmith.aws.clients import Aws
+from goldsmith.catalogue import load
+from goldsmith.paths import venv_bin
+
+pytestmark = [
+    pytest.mark.twin,
+    pytest.mark.bake,
+    pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed"),
+]
+MINI_REGIONS = ["eu-west-1", "eu-central-1"]
+MINI_PARAM = "/goldsmith/mini/latest"
+
+
+@pytest.fixture(scope="module")
+def twin_aws() -> Iterator[Aws]:
+    """The project's twin: a running one is used (and left running), else one is started.
+
+    Scratch projects share the project's .cache, so their builds find the same twin.
+    """
+    started = twin.running(ROOT) is None
+    twin.up(ROOT)
+    yield twin.aws(ROOT)
+    if started:
+        twin.down(ROOT)
+
+
+def aws_cli(region: str, *args: str) -> dict:
+    """The AWS CLI (pip awscli) pointed at the twin, as a user would run it; parsed JSON."""
+    env = {**os.environ, **twin.env(ROOT, region)}
+    out = subprocess.run(
+        [venv_bin("aws"), "--endpoint-url", env["AWS_ENDPOINT_URL"], "--region", region,
+         "--output", "json", *args],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def leftovers(aws: Aws, region: str, build_id: str, image: str) -> list[str]:
+    """Anything of a build still in the twin: live instances, key pairs, Packer's groups."""
+    found = [
+        f"instance {i['InstanceId']}"
+        for flt in ({f"tag:{amis.TAG_BUILD_ID}": [build_id]}, {f"tag:{amis.TAG_IMAGE}": [image]})
+        for i in reaper.instances(
+            aws, region, {**flt, "instance-state-name": ["pending", "running", "stopping",
+                                                         "stopped"]}
+        )
+    ]
+    ec2 = aws.ec2(region)
+    found += [
+        f"key pair {k['KeyName']}"
+        for k in ec2.describe_key_pairs()["KeyPairs"]
+        if k["KeyName"].startswith("packer_") or build_id in k["KeyName"]
+    ]
+    found += [
+        f"security group {g['GroupName']}"
+        for g in ec2.describe_security_groups()["SecurityGroups"]
+        if g["GroupName"].startswith("packer_")
+    ]
+    return found
+
+
+def build_amis(aws: Aws, region: str, build_id: str) -> list[str]:
+    flt = {f"tag:{amis.TAG_BUILD_ID}": [build_id]}
+    return [i["ImageId"] for i in amis.describe_images(aws, region, owners=["self"], filters=flt)]
+
+
+def vm_leftovers(root: Path, build_id: str) -> list[str]:
+    stray = [p for p in qemu_processes() if build_id in p]
+    stray += [str(p) for p in (root / ".cache" / "vms").glob(f"twin-{build_id}")]
+    stray += [str(p) for p in (root / "build").glob(".work-*")]
+    return stray
+
+
+@pytest.fixture
+def pointer_set(twin_aws: Aws) -> str:
+    """/goldsmith/mini/latest pointing at a known AMI (the seeded Debian) in every region."""
+    known = twin.DEBIAN_SEED[0]["ami_id"]
+    for region in MINI_REGIONS:
+        ssm.put_ami(twin_aws, region, MINI_PARAM, known)
+    return known
+
+
+def test_failing_spec_on_the_twin_registers_nothing_and_leaves_nothing(
+    scratch: Path, twin_aws: Aws, pointer_set: str
+) -> None:
+    add_mini_image(
+        scratch,
+        "def test_marker_says_goodbye(host):\n"
+        "    assert host.file('/etc/mini').content_string == 'goodbye\\n'\n",
+        targets=("local", "twin"),
+    )
+    proc = invoke(scratch, "build", "--target", "twin", "--image", "mini")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "test_marker_says_goodbye" in out, "the error must name the failing spec"
+    assert "no AMI registered" in out
+    build_id = (scratch / "build/mini/build-id").read_text().strip()
+    for region in MINI_REGIONS:
+        assert build_amis(twin_aws, region, build_id) == [], f"an AMI was registered in {region}"
+        assert leftovers(twin_aws, region, build_id, "mini") == []
+        assert ssm.get_ami(twin_aws, region, MINI_PARAM) == pointer_set
+    assert vm_leftovers(scratch, build_id) == []
+    assert not (scratch / "build/mini/manifest.json").exists()
+
+
+def test_dirty_seal_deregisters_the_ami_and_publishes_nothing(
+    scratch: Path, twin_aws: Aws, pointer_set: str
+) -> None:
+    """The live specs pass, Packer registers the AMI, but the sealed disk carries a secret."""
+    add_mini_image(
+        scratch,
+        "def test_marker_says_hello(host):\n"
+        "    assert host.file('/etc/mini').content_string == 'hello\\n'\n",
+        targets=("local", "twin"),
+    )
+    with (scratch / "roles/mini/tasks/main.yml").open("a") as f:
+        f.write(
+            "- name: Leave a private key behind (what the hygiene spec must catch)\n"
+            "  ansible.builtin.copy:\n    dest: /etc/mini.pem\n"
+            '    content: "-----BEGIN RSA PRIVATE KEY-----\\nx\\n"\n'
+            '    mode: "0600"\n'
+        )
+    proc = invoke(scratch, "build", "--target", "twin", "--image", "mini")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "hygiene" in out and "no AMI published" in out
+    assert "Creating AMI" in out or "Creating the AMI" in out, "Packer should have got that far"
+    build_id = (scratch / "build/mini/build-id").read_text().strip()
+    for region in MINI_REGIONS:
+        assert build_amis(twin_aws, region, build_id) == [], f"an AMI is left in {region}"
+        assert leftovers(twin_aws, region, build_id, "mini") == []
+        assert ssm.get_ami(twin_aws, region, MINI_PARAM) == pointer_set
+    snaps = twin_aws.ec2("eu-west-1").describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": f"tag:{amis.TAG_BUILD_ID}", "Values": [build_id]}]
+    )["Snapshots"]
+    assert snaps == []
+    assert vm_leftovers(scratch, build_id) == []
+
+
+def test_buildspec_bakes_web_on_the_twin_and_publishes_it(twin_aws: Aws) -> None:
+    """The buildspec's phases, in order, as CodeBuild runs them; then the AWS CLI looks."""
+    code = buildspec.run(
+        ROOT / "buildspec.yml",
+        {
+            "GOLDSMITH_TARGET": "twin",
+            "GOLDSMITH_IMAGES": "web",
+            "GOLDSMITH_SKIP_PACKER_INSTALL": "1",
+        },
+        ROOT,
+    )
+    assert code == 0
+    out = ROOT / "build" / "web"
+    manifest = json.loads((out / "manifest.json").read_text())
+    settings = load(ROOT / "images.yml").images["web"].aws
+    assert settings is not None
+    build_id = manifest["build_id"]
+    assert manifest["target"] == "twin"
+    assert sorted(manifest["amis"]) == sorted(settings.regions)
+    assert manifest["specs"]["live"]["failed"] == 0 and manifest["specs"]["live"]["passed"] > 0
+    if not manifest.get("reused"):
+        assert manifest["specs"]["hygiene"]["passed"] > 0
+        assert "nginx" in manifest["packages"]
+    for region in settings.regions:
+        ami = manifest["amis"][region]
+        image = aws_cli(region, "ec2", "describe-images", "--image-ids", ami)["Images"][0]
+        tags = {t["Key"]: t["Value"] for t in image["Tags"]}
+        assert tags[amis.TAG_IMAGE] == "web"
+        assert tags[amis.TAG_BUILD_ID] == build_id
+        assert tags[amis.TAG_FINGERPRINT] == manifest["fingerprint"]
+        assert tags[amis.TAG_GIT_SHA] == manifest["git"]["sha"]
+        assert tags[amis.TAG_ROLES].split(",") == manifest["roles"]
+        perms = aws_cli(
+            region, "ec2", "describe-image-attribute", "--image-id", ami,
+            "--attribute", "launchPermission",
+        )["LaunchPermissions"]
+        assert sorted(p["UserId"] for p in perms) == sorted(settings.share_with)
+        param = aws_cli(region, "ssm", "get-parameter", "--name", "/goldsmith/web/latest")
+        assert param["Parameter"]["Value"] == ami
+        assert leftovers(twin_aws, region, build_id, "web") == []
+    assert "spec" in (out / "junit.xml").read_text()
+    assert (out / "aws-report.md").read_text().count("| eu-") == len(settings.regions)
+    assert vm_leftovers(ROOT, build_id) == []
