@@ -7,6 +7,8 @@ needs no spec edit. The role is the name of the folder the test file is in.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +68,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sealed: a hygiene check that only proves something on a sealed disk"
     )
+
+
+# Run on the machine with its own python3 (Ansible needs it there anyway), so a spec
+# checks what a client on the machine sees, without curl or a forwarded port.
+_HTTP_GET = """
+import json, sys, urllib.error, urllib.request
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=10)
+except urllib.error.HTTPError as e:
+    r = e
+answer = {"status": r.status, "headers": dict(r.headers), "body": r.read().decode()}
+json.dump(answer, sys.stdout)
+"""
+
+
+def _sh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+@pytest.fixture
+def http_get(host) -> Callable[[str], dict[str, Any]]:
+    """GET a URL from inside the machine: {"status", "headers", "body"} (4xx/5xx included)."""
+
+    def get(url: str) -> dict[str, Any]:
+        out = host.check_output(f"python3 -c {_sh_quote(_HTTP_GET)} {_sh_quote(url)}")
+        return json.loads(out)
+
+    return get

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 
-def _get(host, port: int, path: str) -> dict:
-    """GET http://127.0.0.1:<port><path> from inside the machine: status, headers, body."""
-    script = (
-        "import json, sys, urllib.request, urllib.error\n"
-        f"url = 'http://127.0.0.1:{port}{path}'\n"
-        "try:\n"
-        "    r = urllib.request.urlopen(url, timeout=10)\n"
-        "except urllib.error.HTTPError as e:\n"
-        "    r = e\n"
-        "answer = {'status': r.status, 'headers': dict(r.headers), 'body': r.read().decode()}\n"
-        "json.dump(answer, sys.stdout)\n"
-    )
-    return json.loads(host.check_output(f"python3 -c {_quote(script)}"))
+@pytest.fixture
+def base_url(defaults) -> str:
+    return f"http://127.0.0.1:{defaults['nginx_port']}"
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
-
-
-@pytest.fixture(scope="module")
-def health(host, defaults) -> dict:
-    return _get(host, defaults["nginx_port"], defaults["nginx_health_path"])
+@pytest.fixture
+def health(http_get, base_url, defaults) -> dict:
+    return http_get(base_url + defaults["nginx_health_path"])
 
 
 def test_nginx_is_enabled_and_running(host):
@@ -51,14 +35,14 @@ def test_server_header_hides_the_version(health):
     assert health["headers"]["Server"] == "nginx"
 
 
-def test_distribution_default_site_is_gone(host, defaults):
+def test_distribution_default_site_is_gone(host, http_get, base_url):
     assert not host.file("/etc/nginx/sites-enabled/default").exists
-    page = _get(host, defaults["nginx_port"], "/")
+    page = http_get(base_url + "/")
     assert "Welcome to nginx" not in page["body"]
 
 
-def test_unknown_path_is_not_found(host, defaults):
-    assert _get(host, defaults["nginx_port"], "/no-such-page")["status"] == 404
+def test_unknown_path_is_not_found(http_get, base_url):
+    assert http_get(base_url + "/no-such-page")["status"] == 404
 
 
 def test_configuration_is_valid(host):
