@@ -19,7 +19,13 @@ source "qemu" "local" {
   disk_interface   = "virtio"
   qemuargs = [
     ["-smbios", var.build_credential],
+    ["-smbios", var.cloud_init_seed],
   ]
+  # A cloud image has cloud-init, not goldsmith's credential unit: it reads the build
+  # user from a NoCloud seed that Packer serves here (see goldsmith.cloudinit).
+  http_directory = var.http_directory
+  http_port_min  = var.http_port
+  http_port_max  = var.http_port
 
   communicator         = "ssh"
   ssh_username         = var.build_user

@@ -117,3 +117,20 @@ variable "manifest_path" {
   type    = string
   default = "build/.packer-manifest.json"
 }
+
+variable "cloud_init_seed" {
+  type        = string
+  default     = "type=1"
+  description = "SMBIOS system entry; for a cloud-image base it points cloud-init at the NoCloud seed"
+}
+
+variable "http_directory" {
+  type        = string
+  default     = ""
+  description = "Folder Packer serves to the guest (the NoCloud seed of a cloud-image base)"
+}
+
+variable "http_port" {
+  type    = number
+  default = 8700
+}

@@ -211,6 +211,7 @@ def bake_local(p: Plan, *, force: bool, started: float) -> Path:
             "base_image": base_url,
             "base_checksum": base_checksum,
             "build_credential": vm.smbios_credential(public),
+            **cloud_seed(image, work, public),
             "accelerator": vm.accelerator(
                 root, Path(base_url) if base_checksum == "none" else None
             ),
@@ -294,6 +295,21 @@ def bake_local(p: Plan, *, force: bool, started: float) -> Path:
     finally:
         kill_strays(str(work))
         shutil.rmtree(work, ignore_errors=True)
+
+
+def cloud_seed(image: Image, work: Path, public_key: str) -> dict[str, object]:
+    """Packer variables that hand the build key to a cloud image's cloud-init (else none)."""
+    if image.base.kind != "cloud-image":
+        return {}
+    from . import cloudinit
+
+    port = vm.free_port()
+    seed = cloudinit.write_seed(work / "seed", public_key, image.name)
+    return {
+        "http_directory": str(seed),
+        "http_port": port,
+        "cloud_init_seed": cloudinit.smbios_seed(port),
+    }
 
 
 def _packer_manifest(path: Path) -> dict:
