@@ -79,18 +79,14 @@ def test_unattended_upgrades_take_the_configured_origins_only(host, defaults):
     assert patterns == defaults["base_unattended_upgrades_origins"]
 
 
-def test_security_archive_is_an_apt_source(host):
-    """Unattended security upgrades need the security archive among apt's sources."""
+def test_security_archive_is_a_package_origin(host):
+    """Unattended security upgrades need apt to know the security archive as an origin.
+
+    `apt-cache policy` prints each archive's release fields (n= codename, l= label), the
+    fields base_unattended_upgrades_origins match on. (unattended-upgrade --dry-run says
+    the same but takes minutes under emulation.)
+    """
     codename = host.system_info.codename
-    sources = host.check_output(
-        "cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list"
-        " /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v '^[[:space:]]*#' || true"
-    )
-    assert f"{codename}-security" in sources
-
-
-def test_unattended_upgrades_would_upgrade_from_security(host):
-    """Ask unattended-upgrades itself which origins it allows (its dry run prints them)."""
-    out = host.run("unattended-upgrade --dry-run --debug 2>&1 | grep -m1 'Allowed origins are'")
-    assert out.rc == 0, out.stdout + out.stderr
-    assert "Debian-Security" in out.stdout
+    policy = host.check_output("apt-cache policy")
+    origins = [line for line in policy.splitlines() if "release " in line]
+    assert any(f"n={codename}-security" in o and "l=Debian-Security" in o for o in origins), policy
