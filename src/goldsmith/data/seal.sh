@@ -24,6 +24,8 @@ journalctl --rotate >/dev/null 2>&1 || true
 journalctl --vacuum-time=1s >/dev/null 2>&1 || true
 rm -f "$0"
 sync
+# Hand the freed blocks back to the disk image, so deleted caches do not ship.
+fstrim -av 2>/dev/null || true
 echo "goldsmith-seal: sealed"
 if [ "${GOLDSMITH_SEAL_POWEROFF:-0}" = 1 ]; then
     # Local builds: the build user is gone, so the seal powers the machine off itself.
