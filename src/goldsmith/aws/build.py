@@ -129,7 +129,9 @@ def _bake(p: Plan, settings: AwsSettings, aws: Aws, *, force: bool, started: flo
         keypair = keys.import_build_key(aws, region, build_id, public, tags=provenance.tags())
         machine = None
         if stand_in is not None:
+            t = time.monotonic()
             machine = vm.up(vm_name, stand_in, root=root, key=key)
+            timings["stand_in_boot"] = round(time.monotonic() - t, 1)
         live_junit = work / "junit-spec.xml"
         build_user = TWIN_BUILD_USER if on_twin else settings.ssh_username
         values = _shared_vars(p, sha, build_id, fp, key, live_junit, work, build_user)
