@@ -57,25 +57,32 @@ def aws_cli(region: str, *args: str) -> dict:
 
 
 def leftovers(aws: Aws, region: str, build_id: str, image: str) -> list[str]:
-    """Anything of a build still in the twin: live instances, key pairs, Packer's groups."""
+    """Anything of a build still in the twin: live instances, key pairs, Packer's groups.
+
+    Packer's temporary key pairs and groups carry no tag: any such one that no live
+    instance uses is a leak (one a concurrent bake on the same twin uses is not).
+    """
+    live = ["pending", "running", "stopping", "stopped"]
     found = [
         f"instance {i['InstanceId']}"
         for flt in ({f"tag:{amis.TAG_BUILD_ID}": [build_id]}, {f"tag:{amis.TAG_IMAGE}": [image]})
-        for i in reaper.instances(
-            aws, region, {**flt, "instance-state-name": ["pending", "running", "stopping",
-                                                         "stopped"]}
-        )
+        for i in reaper.instances(aws, region, {**flt, "instance-state-name": live})
     ]
+    in_use_groups, in_use_keys = set(), set()
+    for i in reaper.instances(aws, region, {"instance-state-name": live}):
+        in_use_groups.update(g["GroupName"] for g in i.get("SecurityGroups", []))
+        in_use_keys.add(i.get("KeyName", ""))
     ec2 = aws.ec2(region)
     found += [
         f"key pair {k['KeyName']}"
         for k in ec2.describe_key_pairs()["KeyPairs"]
-        if k["KeyName"].startswith("packer_") or build_id in k["KeyName"]
+        if build_id in k["KeyName"]
+        or (k["KeyName"].startswith("packer_") and k["KeyName"] not in in_use_keys)
     ]
     found += [
         f"security group {g['GroupName']}"
         for g in ec2.describe_security_groups()["SecurityGroups"]
-        if g["GroupName"].startswith("packer_")
+        if g["GroupName"].startswith("packer_") and g["GroupName"] not in in_use_groups
     ]
     return found
 
