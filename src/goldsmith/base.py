@@ -16,6 +16,7 @@ files it installs): a second `invoke base` finds the cache and does nothing.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -83,7 +84,12 @@ def ensure(base: Base, root: Path) -> Path:
     if out.is_file():
         tools.log("base", f"{base.name} is up to date ({out.parent.name}); nothing to build")
         return out
-    build(base, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Two builds that start together wait for one base build instead of racing.
+    with open(out.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.is_file():
+            build(base, out)
     return out
 
 

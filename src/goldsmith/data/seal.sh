@@ -12,6 +12,9 @@ fi
 rm -rf /home/goldsmith
 rm -f /etc/ssh/ssh_host_*
 rm -f /root/.ssh/authorized_keys
+# The cloud's default user (admin on Debian's AMIs) logged the build in with the build's
+# key; cloud-init writes the instance's own key at first boot.
+rm -f /home/*/.ssh/authorized_keys
 truncate -s 0 /etc/machine-id
 rm -f /var/lib/dbus/machine-id
 rm -f /root/.bash_history /root/.python_history /root/.lesshst /root/.viminfo
