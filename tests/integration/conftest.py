@@ -13,9 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def qemu_processes() -> list[str]:
+def qemu_processes(*projects: Path) -> list[str]:
+    """Running qemu command lines; with `projects`, only those whose disks live in one of them."""
     out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if line.strip()]
+    lines = [line for line in out.splitlines() if line.strip()]
+    return [line for line in lines if not projects or any(str(p) in line for p in projects)]
 
 
 def invoke(root: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:

@@ -36,7 +36,7 @@ def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
     assert len(manifest["git"]["sha"]) == 40 and isinstance(manifest["git"]["dirty"], bool)
     junit = (baked_base / "junit.xml").read_text()
     assert "<testsuites" in junit and 'name="hygiene"' in junit and "<failure" not in junit
-    assert not qemu_processes(), "a qemu outlived the build"
+    assert not qemu_processes(ROOT), "a qemu outlived the build"
     assert not list((ROOT / "build").glob(".work-*")), "a build folder outlived the build"
 
 
@@ -54,7 +54,7 @@ def test_baked_base_boots_with_its_own_boot_loader_and_answers_ssh(baked_base: P
         assert out[0] == "/etc/ssh/ssh_host_ed25519_key"
         assert len(out[1]) == 32  # a machine-id made at this first boot
         assert out[2] == "active"
-    assert not qemu_processes()
+    assert not qemu_processes(ROOT)
 
 
 def test_second_build_with_same_inputs_reuses_the_image(baked_base: Path) -> None:
@@ -77,7 +77,7 @@ def test_failing_spec_fails_the_build_names_it_and_writes_nothing(scratch: Path)
     assert "no image written" in proc.stderr
     assert not (scratch / "build/mini/mini.qcow2").exists()
     assert not list((scratch / "build").glob(".work-*"))
-    assert not qemu_processes(), "a qemu outlived the failed build"
+    assert not qemu_processes(ROOT, scratch), "a qemu outlived the failed build"
 
 
 def test_misspelt_catalogue_key_fails_before_any_vm(scratch: Path) -> None:

@@ -49,9 +49,20 @@ def aws_cli(region: str, *args: str) -> dict:
     """The AWS CLI (pip awscli) pointed at the twin, as a user would run it; parsed JSON."""
     env = {**os.environ, **twin.env(ROOT, region)}
     out = subprocess.run(
-        [venv_bin("aws"), "--endpoint-url", env["AWS_ENDPOINT_URL"], "--region", region,
-         "--output", "json", *args],
-        env=env, capture_output=True, text=True, check=True,
+        [
+            venv_bin("aws"),
+            "--endpoint-url",
+            env["AWS_ENDPOINT_URL"],
+            "--region",
+            region,
+            "--output",
+            "json",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(out)
 
@@ -198,8 +209,13 @@ def test_buildspec_bakes_web_on_the_twin_and_publishes_it(twin_aws: Aws) -> None
         assert tags[amis.TAG_GIT_SHA] == manifest["git"]["sha"]
         assert tags[amis.TAG_ROLES].split(",") == manifest["roles"]
         perms = aws_cli(
-            region, "ec2", "describe-image-attribute", "--image-id", ami,
-            "--attribute", "launchPermission",
+            region,
+            "ec2",
+            "describe-image-attribute",
+            "--image-id",
+            ami,
+            "--attribute",
+            "launchPermission",
         )["LaunchPermissions"]
         assert sorted(p["UserId"] for p in perms) == sorted(settings.share_with)
         param = aws_cli(region, "ssm", "get-parameter", "--name", "/goldsmith/web/latest")

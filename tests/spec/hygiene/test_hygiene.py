@@ -34,9 +34,18 @@ HOMES = ("/root", "/home")
 SECRET_DIRS = ("/etc", "/root", "/home", "/var", "/opt", "/usr/local", "/srv")
 PRIVATE_KEY_PATTERN = "-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----"
 HISTORY_NAMES = (
-    ".bash_history", ".zsh_history", ".sh_history", ".history", ".python_history",
-    ".lesshst", ".viminfo", ".mysql_history", ".psql_history", ".sqlite_history",
-    ".wget-hsts", ".node_repl_history",
+    ".bash_history",
+    ".zsh_history",
+    ".sh_history",
+    ".history",
+    ".python_history",
+    ".lesshst",
+    ".viminfo",
+    ".mysql_history",
+    ".psql_history",
+    ".sqlite_history",
+    ".wget-hsts",
+    ".node_repl_history",
 )
 # What apt itself keeps in its lists folder once the lists are gone.
 APT_LISTS_ALLOWED = {"lock", "partial", "auxfiles"}

@@ -101,7 +101,7 @@ def test_service_comes_back_after_being_killed(host, service, defaults):
     script = (
         f"old=$(systemctl show -p MainPID --value {unit}); "
         '[ "$old" -gt 0 ] || { echo "no main process"; exit 2; }; '
-        f'before=$(systemctl show -p NRestarts --value {unit}); '
+        f"before=$(systemctl show -p NRestarts --value {unit}); "
         'kill -KILL "$old"; '
         f"for i in $(seq {wait}); do sleep 1; "
         f"new=$(systemctl show -p MainPID --value {unit}); "
