@@ -28,8 +28,13 @@ BARE = "test-dev-bare"
 
 
 def ours(*names: str) -> list[str]:
-    """qemu processes of this module's VMs (other suites' VMs may run beside them)."""
-    return [p for p in qemu_processes() if any(f"goldsmith-{n} " in p for n in names)]
+    """qemu processes of this project's VMs called `names`.
+
+    Matched by their state folder, not their name: another checkout running this suite
+    at the same time has VMs with the same names.
+    """
+    folders = [f"{vm.vms_dir(ROOT) / n}/" for n in names]
+    return [p for p in qemu_processes() if any(f in p for f in folders)]
 
 
 def http_get(port: int, path: str) -> str:
