@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -78,9 +79,10 @@ class VM:
             *command,
         ]
 
-    def ssh(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    def ssh(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run argv on the VM, each word as given (ssh would otherwise re-split them)."""
         return subprocess.run(
-            self.ssh_argv(*command),
+            self.ssh_argv(shlex.join(argv)),
             capture_output=True,
             text=True,
             check=check,
