@@ -199,6 +199,13 @@ def test_buildspec_bakes_web_on_the_twin_and_publishes_it(twin_aws: Aws) -> None
     if not manifest.get("reused"):
         assert manifest["specs"]["hygiene"]["passed"] > 0
         assert "nginx" in manifest["packages"]
+        # Packer 1.6.6 cannot ask for IMDSv2; the guard required it on the (now gone) builder.
+        (builder,) = manifest["imdsv2"]["instances"]
+        found = aws_cli(
+            settings.regions[0], "ec2", "describe-instances", "--instance-ids", builder
+        )["Reservations"][0]["Instances"][0]
+        assert found["MetadataOptions"]["HttpTokens"] == "required"
+        assert {t["Key"]: t["Value"] for t in found["Tags"]}[amis.TAG_BUILD_ID] == build_id
     for region in settings.regions:
         ami = manifest["amis"][region]
         image = aws_cli(region, "ec2", "describe-images", "--image-ids", ami)["Images"][0]

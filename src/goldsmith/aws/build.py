@@ -10,7 +10,8 @@ amazon-ebs source. Order of a bake, and why:
 3. The per-build key pair is imported (tagged with the build id); on the twin, the
    stand-in VM boots from the image's local base with that key.
 4. `packer build -only=goldsmith.amazon-ebs.aws`. A failing spec fails Packer before it
-   creates an image.
+   creates an image. Meanwhile the IMDSv2 guard requires IMDSv2 on the builder instance
+   (Packer 1.6.6 has no `metadata_options`); a builder it could not guard fails the build.
 5. Twin only: the seal powers the stand-in VM off (as EC2's stop would); its disk is
    then mounted read-only and the hygiene spec proves the seal on it. A failure there
    deregisters what Packer registered.
@@ -39,7 +40,7 @@ from ..build import Plan, ansible_env, git_state, kill_strays
 from ..catalogue import AwsSettings, Image
 from ..errors import GoldsmithError, ToolError
 from ..paths import build_dir, venv_bin
-from . import amis, keys, packer_vars, publish, reaper, report, twin
+from . import amis, imds, keys, packer_vars, publish, reaper, report, twin
 from .clients import Aws
 
 ONLY = "goldsmith.amazon-ebs.aws"
@@ -156,15 +157,18 @@ def _bake(p: Plan, settings: AwsSettings, aws: Aws, *, force: bool, started: flo
         packer.validate(template, var_file, only=ONLY)
         phases = packer.Timings()
         tools.log("phase", f"bake {image.name} on {p.target} ({region})")
+        # Packer 1.6.6 has no metadata_options: the guard requires IMDSv2 on the builder.
+        guard = imds.Imdsv2Guard(aws, region, build_id)
         try:
-            packer.build(
-                template,
-                var_file,
-                only=ONLY,
-                cwd=root,
-                env=twin.env(root, region) if on_twin else None,
-                on_line=phases.line,
-            )
+            with guard:
+                packer.build(
+                    template,
+                    var_file,
+                    only=ONLY,
+                    cwd=root,
+                    env=twin.env(root, region) if on_twin else None,
+                    on_line=phases.line,
+                )
         except ToolError:
             live = spec.parse_junit(live_junit)
             if live.failures:
@@ -173,6 +177,7 @@ def _bake(p: Plan, settings: AwsSettings, aws: Aws, *, force: bool, started: flo
                     + "\n  ".join(live.failures)
                 ) from None
             raise
+        guard.check()
         timings.update(phases.finish())
         packer_manifest = json.loads((work / "packer-manifest.json").read_text())
         # Read it now: a manifest without this run's AMI is a failed build.
@@ -207,6 +212,7 @@ def _bake(p: Plan, settings: AwsSettings, aws: Aws, *, force: bool, started: flo
             "uncovered_roles": list(p.role_map.uncovered),
             "timings": timings,
             "specs": {"live": live.as_dict(), **checks},
+            "imdsv2": guard.as_dict(),
             "tools": fingerprint.tool_versions(),
             "packer_manifest": packer_manifest,
         }
