@@ -3,10 +3,10 @@
 # `packer validate` passes for a build that only uses the qemu source.
 #
 # IMDSv2: Packer 1.6.6's amazon-ebs has no `metadata_options` (nor the AMI-level
-# `imds_support`, which needs the amazon plugin >= 1.1 on Packer >= 1.7). Until goldsmith
-# runs on a newer Packer, require IMDSv2 for the builder with the account default
-# (`aws ec2 modify-instance-metadata-defaults --http-tokens required`), which also covers
-# every instance launched from the published AMIs.
+# `imds_support`, which needs the amazon plugin >= 1.1 on Packer >= 1.7). goldsmith's
+# guard (goldsmith.aws.imds) requires IMDSv2 on the builder instance while Packer runs;
+# instances launched from the published AMIs get it from the account default
+# (`aws ec2 modify-instance-metadata-defaults --http-tokens required`) until then.
 
 variable "aws_region" {
   type        = string
