@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import base as base_images
 from . import disk, fingerprint, packer, setup, spec, tools, vm
@@ -141,6 +142,51 @@ def build(root: Path, image_name: str, target: str = "local", force: bool = Fals
         return bake_aws(p, force=force, started=started)
 
 
+def shared_vars(
+    p: Plan,
+    sha: str,
+    build_id: str,
+    fp: str,
+    key: Path,
+    live_junit: Path,
+    work: Path,
+    build_user: str = vm.BUILD_USER,
+) -> dict[str, Any]:
+    """The build's variables every source shares (packer/variables.pkr.hcl)."""
+    image, root = p.image, p.root
+    spec_cmd = shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "goldsmith.spec",
+            "live",
+            "--playbook",
+            str(image.playbook),
+            "--junit",
+            str(live_junit),
+            "--key",
+            str(key),
+            "--root",
+            str(root),
+        ]
+    )
+    return {
+        "image_name": image.name,
+        "git_sha": sha,
+        "build_id": build_id,
+        "fingerprint": fp,
+        "roles": ",".join(p.role_map.roles),
+        "playbook": str(image.playbook),
+        "ansible_playbook": venv_bin("ansible-playbook"),
+        "ansible_env_vars": [f"{k}={v}" for k, v in ansible_env(root).items()],
+        "spec_command": spec_cmd,
+        "seal_script": str(base_images.DATA / "seal.sh"),
+        "build_user": build_user,
+        "ssh_private_key_file": str(key),
+        "manifest_path": str(work / "packer-manifest.json"),
+    }
+
+
 def bake_local(p: Plan, *, force: bool, started: float) -> Path:
     image, root = p.image, p.root
     timings: dict[str, float] = {}
@@ -180,34 +226,8 @@ def bake_local(p: Plan, *, force: bool, started: float) -> Path:
         key = work / "build_key"
         public = vm.make_key(key)
         live_junit = work / "junit-spec.xml"
-        spec_cmd = shlex.join(
-            [
-                sys.executable,
-                "-m",
-                "goldsmith.spec",
-                "live",
-                "--playbook",
-                str(image.playbook),
-                "--junit",
-                str(live_junit),
-                "--key",
-                str(key),
-                "--root",
-                str(root),
-            ]
-        )
         values = {
-            "image_name": image.name,
-            "git_sha": sha,
-            "build_id": build_id,
-            "fingerprint": fp,
-            "roles": ",".join(p.role_map.roles),
-            "playbook": str(image.playbook),
-            "ansible_playbook": venv_bin("ansible-playbook"),
-            "ansible_env_vars": [f"{k}={v}" for k, v in ansible_env(root).items()],
-            "spec_command": spec_cmd,
-            "seal_script": str(base_images.DATA / "seal.sh"),
-            "ssh_private_key_file": str(key),
+            **shared_vars(p, sha, build_id, fp, key, live_junit, work),
             "base_image": base_url,
             "base_checksum": base_checksum,
             "build_credential": vm.smbios_credential(public),
@@ -218,7 +238,6 @@ def bake_local(p: Plan, *, force: bool, started: float) -> Path:
             "output_directory": str(work / "output"),
             "ssh_host_port": vm.free_port(),
             "disk_size": image.base.disk_size or "4G",
-            "manifest_path": str(work / "packer-manifest.json"),
         }
         template = packer.template_dir(root, work / "packer")
         var_file = packer.write_vars(values, work / "build.pkrvars.hcl")

@@ -128,6 +128,24 @@ def make_key(path: Path) -> str:
     return Path(f"{path}.pub").read_text().strip()
 
 
+def overlay_on(image: Path, overlay: Path) -> None:
+    """A copy-on-write qcow2 at `overlay` over `image`, which stays untouched."""
+    tools.capture(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            str(image.resolve()),
+            str(overlay),
+        ]
+    )
+
+
 def smbios_credential(public_key: str) -> str:
     """The -smbios value that hands `public_key` to the guest (commas doubled for QEMU)."""
     kind, blob = public_key.split()[:2]
@@ -182,20 +200,7 @@ def _probe_kvm(image: Path, seconds: float = 20) -> str:
 
     with tempfile.TemporaryDirectory(prefix="goldsmith-kvm-") as tmp:
         overlay = Path(tmp) / "probe.qcow2"
-        tools.capture(
-            [
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "qcow2",
-                "-b",
-                str(image.resolve()),
-                str(overlay),
-            ]
-        )
+        overlay_on(image, overlay)
         serial = Path(tmp) / "serial.log"
         proc = subprocess.Popen(
             [
@@ -269,20 +274,7 @@ def up(
         vm.key.chmod(0o600)
         public = Path(f"{vm.key}.pub").read_text().strip()
     overlay = vdir / "disk.qcow2"
-    tools.capture(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            str(image.resolve()),
-            str(overlay),
-        ]
-    )
+    overlay_on(image, overlay)
     accel = accelerator(root, image)
     fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in vm.forwards.items())
     argv = [

@@ -1,12 +1,16 @@
-"""Throwaway goldsmith projects, written into tmp_path by each test."""
+"""Throwaway goldsmith projects, written into tmp_path by each test; an in-process moto."""
 
 from __future__ import annotations
 
 import shutil
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from moto import mock_aws
+
+from goldsmith.aws.clients import Aws
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,3 +140,14 @@ class Project:
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    """In-process moto: every boto3 call the package makes, against a fresh fake AWS."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        yield Aws()

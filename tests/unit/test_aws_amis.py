@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from goldsmith.aws import amis
 from goldsmith.aws.clients import Aws
@@ -16,16 +14,6 @@ from goldsmith.errors import GoldsmithError
 
 WEST, CENTRAL, NORTH = "eu-west-1", "eu-central-1", "eu-north-1"
 PROV = amis.Provenance("web", "0123abcd" * 5, "f" * 64, "build-42", ("base", "nginx"))
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield Aws()
 
 
 def bake(aws: Aws, region: str = WEST, build_id: str = PROV.build_id) -> str:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from goldsmith.aws import amis, imds
 from goldsmith.aws.clients import Aws
@@ -15,16 +13,6 @@ from goldsmith.errors import GoldsmithError
 
 WEST = "eu-west-1"
 BUILD = "web-20261123T120000Z-4242"
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield Aws()
 
 
 def launch(aws: Aws, build_id: str) -> str:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from moto import mock_aws
 
 from goldsmith.aws import amis, publish, report, ssm
 from goldsmith.aws.clients import Aws
@@ -15,16 +13,6 @@ from goldsmith.errors import GoldsmithError
 
 WEST, CENTRAL = "eu-west-1", "eu-central-1"
 PROV = amis.Provenance("web", "c0ffee" * 6 + "abcd", "9" * 64, "build-7", ("base", "nginx"))
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield Aws()
 
 
 def packer_build(aws: Aws, tmp_path: Path) -> tuple[str, Path]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
 from goldsmith.aws import amis, keys, reaper
 from goldsmith.aws.clients import Aws
@@ -16,16 +14,6 @@ WEST, CENTRAL = "eu-west-1", "eu-central-1"
 PUBLIC_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHnEOSSmDx1kWUGlhStgeq2AzfM9FhMCSS+Fo0sKtQdd goldsmith"
 )
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield Aws()
 
 
 def packer_leftovers(aws: Aws, region: str, build_id: str, suffix: str) -> dict[str, Any]:

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from goldsmith.aws import ssm
 from goldsmith.aws.clients import Aws, AwsPermissionError
 from goldsmith.errors import GoldsmithError
 
 NAME = "/goldsmith/web/latest"
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield Aws()
 
 
 def some_amis(aws: Aws, region: str, n: int) -> list[str]:

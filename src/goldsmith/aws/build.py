@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,10 +34,10 @@ from typing import Any
 
 from .. import base as base_images
 from .. import disk, fingerprint, packer, spec, tools, vm
-from ..build import Plan, ansible_env, git_state, kill_strays
+from ..build import Plan, git_state, kill_strays, shared_vars
 from ..catalogue import AwsSettings, Image
 from ..errors import GoldsmithError, ToolError
-from ..paths import build_dir, venv_bin
+from ..paths import build_dir
 from . import amis, imds, keys, packer_vars, publish, reaper, report, twin
 from .clients import Aws
 
@@ -135,7 +133,7 @@ def _bake(p: Plan, settings: AwsSettings, aws: Aws, *, force: bool, started: flo
             timings["stand_in_boot"] = round(time.monotonic() - t, 1)
         live_junit = work / "junit-spec.xml"
         build_user = TWIN_BUILD_USER if on_twin else settings.ssh_username
-        values = _shared_vars(p, sha, build_id, fp, key, live_junit, work, build_user)
+        values = shared_vars(p, sha, build_id, fp, key, live_junit, work, build_user)
         aws_values = packer_vars.packer_vars(
             settings,
             provenance,
@@ -246,51 +244,6 @@ def _stand_in_base(image: Image, root: Path) -> Path:
             "built here (kind debootstrap)"
         )
     return base_images.ensure(image.base, root)
-
-
-def _shared_vars(
-    p: Plan,
-    sha: str,
-    build_id: str,
-    fp: str,
-    key: Path,
-    live_junit: Path,
-    work: Path,
-    build_user: str,
-) -> dict[str, Any]:
-    """The build's variables every source shares (packer/variables.pkr.hcl)."""
-    image, root = p.image, p.root
-    spec_cmd = shlex.join(
-        [
-            sys.executable,
-            "-m",
-            "goldsmith.spec",
-            "live",
-            "--playbook",
-            str(image.playbook),
-            "--junit",
-            str(live_junit),
-            "--key",
-            str(key),
-            "--root",
-            str(root),
-        ]
-    )
-    return {
-        "image_name": image.name,
-        "git_sha": sha,
-        "build_id": build_id,
-        "fingerprint": fp,
-        "roles": ",".join(p.role_map.roles),
-        "playbook": str(image.playbook),
-        "ansible_playbook": venv_bin("ansible-playbook"),
-        "ansible_env_vars": [f"{k}={v}" for k, v in ansible_env(root).items()],
-        "spec_command": spec_cmd,
-        "seal_script": str(base_images.DATA / "seal.sh"),
-        "build_user": build_user,
-        "ssh_private_key_file": str(key),
-        "manifest_path": str(work / "packer-manifest.json"),
-    }
 
 
 def _prove_seal(
