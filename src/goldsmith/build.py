@@ -187,6 +187,36 @@ def shared_vars(
     }
 
 
+def run_packer(
+    image_name: str,
+    template: Path,
+    var_file: Path,
+    *,
+    only: str,
+    root: Path,
+    live_junit: Path,
+    nothing: str,
+    env: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """`packer build` of one source; return its phase timings.
+
+    When Packer fails because specs failed, the error names each failing spec and says
+    what was not made (`nothing`); any other Packer failure is raised as it is.
+    """
+    phases = packer.Timings()
+    try:
+        packer.build(template, var_file, only=only, cwd=root, env=env, on_line=phases.line)
+    except ToolError:
+        live = spec.parse_junit(live_junit)
+        if live.failures:
+            raise GoldsmithError(
+                f"{image_name}: {live.failed} spec(s) failed, {nothing}:\n  "
+                + "\n  ".join(live.failures)
+            ) from None
+        raise
+    return phases.finish()
+
+
 def bake_local(p: Plan, *, force: bool, started: float) -> Path:
     image, root = p.image, p.root
     timings: dict[str, float] = {}
@@ -243,21 +273,18 @@ def bake_local(p: Plan, *, force: bool, started: float) -> Path:
         var_file = packer.write_vars(values, work / "build.pkrvars.hcl")
         packer.init(template)
         packer.validate(template, var_file, only="goldsmith.qemu.local")
-        phases = packer.Timings()
         tools.log("phase", f"bake {image.name} ({values['accelerator']})")
-        try:
-            packer.build(
-                template, var_file, only="goldsmith.qemu.local", cwd=root, on_line=phases.line
+        timings.update(
+            run_packer(
+                image.name,
+                template,
+                var_file,
+                only="goldsmith.qemu.local",
+                root=root,
+                live_junit=live_junit,
+                nothing="no image written",
             )
-        except ToolError:
-            failed = spec.parse_junit(live_junit)
-            if failed.failures:
-                raise GoldsmithError(
-                    f"{image.name}: {failed.failed} spec(s) failed, no image written:\n  "
-                    + "\n  ".join(failed.failures)
-                ) from None
-            raise
-        timings.update(phases.finish())
+        )
         baked = work / "output" / f"{image.name}.qcow2"
         if not baked.is_file():
             raise GoldsmithError(f"{image.name}: Packer finished without writing {baked.name}")

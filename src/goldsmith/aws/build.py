@@ -34,9 +34,9 @@ from typing import Any
 
 from .. import base as base_images
 from .. import disk, fingerprint, packer, spec, tools, vm
-from ..build import Plan, git_state, kill_strays, shared_vars
+from ..build import Plan, git_state, kill_strays, run_packer, shared_vars
 from ..catalogue import AwsSettings, Image
-from ..errors import GoldsmithError, ToolError
+from ..errors import GoldsmithError
 from ..paths import build_dir
 from . import amis, imds, keys, packer_vars, publish, reaper, report, twin
 from .clients import Aws
@@ -153,30 +153,22 @@ def _bake(p: Plan, settings: AwsSettings, aws: Aws, *, force: bool, started: flo
         var_file = packer.write_vars({**values, **aws_values}, work / "build.pkrvars.hcl")
         packer.init(template)
         packer.validate(template, var_file, only=ONLY)
-        phases = packer.Timings()
         tools.log("phase", f"bake {image.name} on {p.target} ({region})")
         # Packer 1.6.6 has no metadata_options: the guard requires IMDSv2 on the builder.
         guard = imds.Imdsv2Guard(aws, region, build_id)
-        try:
-            with guard:
-                packer.build(
-                    template,
-                    var_file,
-                    only=ONLY,
-                    cwd=root,
-                    env=twin.env(root, region) if on_twin else None,
-                    on_line=phases.line,
-                )
-        except ToolError:
-            live = spec.parse_junit(live_junit)
-            if live.failures:
-                raise GoldsmithError(
-                    f"{image.name}: {live.failed} spec(s) failed, no AMI registered:\n  "
-                    + "\n  ".join(live.failures)
-                ) from None
-            raise
+        with guard:
+            phase_times = run_packer(
+                image.name,
+                template,
+                var_file,
+                only=ONLY,
+                root=root,
+                live_junit=live_junit,
+                nothing="no AMI registered",
+                env=twin.env(root, region) if on_twin else None,
+            )
         guard.check()
-        timings.update(phases.finish())
+        timings.update(phase_times)
         packer_manifest = json.loads((work / "packer-manifest.json").read_text())
         # Read it now: a manifest without this run's AMI is a failed build.
         built = amis.parse_manifest(packer_manifest, "Packer's manifest", PACKER_BUILD_NAME)
