@@ -6,9 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,21 +55,11 @@ def scratch(tmp_path: Path) -> Path:
     return tmp_path
 
 
-# The aws section a mini image gets for the twin target: the catalogue's own source filter,
-# two regions (so copies really happen) and the default SSM path.
-MINI_AWS = """    aws:
-      source_ami:
-        owners: ["136693071363"]
-        name: "debian-12-amd64-*"
-      ssh_username: admin
-      instance_type: t3.small
-      regions: [eu-west-1, eu-central-1]
-      share_with: []
-      ssm_parameter: /goldsmith/{image}/latest
-      encrypt_boot: true
-      kms_key_id: ""
-      spot: false
-"""
+def mini_aws(project: Path) -> str:
+    """The aws section a mini image gets for the twin target: the project's own `base`
+    image's (its source filter, two regions so copies really happen, the SSM path)."""
+    aws = yaml.safe_load((project / "images.yml").read_text())["images"]["base"]["aws"]
+    return textwrap.indent(yaml.safe_dump({"aws": aws}, sort_keys=False), "    ")
 
 
 def add_mini_image(project: Path, spec_body: str, targets: tuple[str, ...] = ("local",)) -> None:
@@ -90,7 +82,7 @@ def add_mini_image(project: Path, spec_body: str, targets: tuple[str, ...] = ("l
         f"    targets: [{', '.join(targets)}]\n"
     )
     if {"twin", "aws"} & set(targets):
-        entry += MINI_AWS
+        entry += mini_aws(project)
     text = (project / "images.yml").read_text()
     text = text.replace("\nimages:\n", entry, 1)
     (project / "images.yml").write_text(text)
