@@ -22,6 +22,7 @@ from typing import Any
 
 from . import base as base_images
 from . import disk, fingerprint, packer, setup, spec, tools, vm
+from .ansible_env import ansible_env
 from .catalogue import Catalogue, Image, load
 from .errors import GoldsmithError, ToolError
 from .paths import build_dir, venv_bin
@@ -71,20 +72,6 @@ def preflight(p: Plan) -> None:
         cwd=p.root,
     )
     spec.report_coverage(p.role_map)
-
-
-def ansible_env(root: Path) -> dict[str, str]:
-    return {
-        "ANSIBLE_ROLES_PATH": str(root / "roles"),
-        "ANSIBLE_COLLECTIONS_PATH": str(root / ".ansible" / "collections"),
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s "
-        "-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no",
-        "ANSIBLE_PIPELINING": "True",
-    }
 
 
 def git_state(root: Path) -> tuple[str, bool]:

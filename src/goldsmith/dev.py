@@ -40,7 +40,7 @@ import yaml
 
 from . import base as base_images
 from . import setup, spec, tools, vm
-from .build import ansible_env
+from .ansible_env import ansible_env
 from .catalogue import Image, load
 from .errors import GoldsmithError, ToolError
 from .paths import build_dir, venv_bin
