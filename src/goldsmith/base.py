@@ -11,7 +11,7 @@ A `cloud-image` base is a distribution's cloud image: Packer downloads it and ch
 its checksum; nothing is built here.
 
 Bases are cached by the hash of their definition (catalogue entry, this recipe and the
-files it installs): a second `invoke base` finds the cache and does nothing.
+files it installs): a second `./run base` finds the cache and does nothing.
 """
 
 from __future__ import annotations

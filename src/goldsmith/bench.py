@@ -13,24 +13,24 @@ import os
 import time
 from pathlib import Path
 
-from . import base as base_images
-from . import build as builder
-from . import fingerprint, tools, vm
+from . import base as base_disks
+from . import fingerprint, pipeline, tools, vm
 from .catalogue import load
+from .settings import Settings
 
 
-def run(root: Path, image: str) -> dict:
+def run(root: Path, image: str, settings: Settings | None = None) -> dict:
     """Bake `image` from scratch (--force), time the cached-base path, record size and phases."""
     catalogue = load(root / "images.yml")
     img = catalogue.image(image)
     t = time.monotonic()
-    base_path = base_images.ensure(img.base, root)
+    base_path = base_disks.ensure(img.base, root)
     base_cached_s = round(time.monotonic() - t, 2)
-    manifest_path = builder.build(root, image, target="local", force=True)
+    manifest_path = pipeline.build(root, image, target="local", force=True, settings=settings)
     manifest = json.loads(manifest_path.read_text())
     timings = manifest["timings"]
     t = time.monotonic()
-    builder.build(root, image, target="local", force=False)
+    pipeline.build(root, image, target="local", force=False, settings=settings)
     reuse_s = round(time.monotonic() - t, 2)
     qcow2 = manifest_path.parent / manifest["artifact"]
     total = timings["total"]
@@ -40,7 +40,8 @@ def run(root: Path, image: str) -> dict:
         "git_sha": manifest["git"]["sha"],
         "machine": {
             "cores": os.cpu_count(),
-            "accelerator": vm.accelerator(root, base_path),
+            "accelerator": manifest.get("accelerator")
+            or vm.accelerator(root, base_path, forced=(settings or Settings()).accelerator),
             **fingerprint.tool_versions(),
         },
         "bake_seconds": total,

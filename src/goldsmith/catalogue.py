@@ -29,12 +29,12 @@ from typing import Any
 
 import yaml
 
-from . import roles
+from . import roles, targets
 from .errors import GoldsmithError
 
 KINDS = ("debootstrap", "cloud-image")
-TARGETS = ("local", "aws", "twin")
-AWS_TARGETS = ("aws", "twin")
+TARGETS = targets.names()
+AWS_TARGETS = targets.needing("aws")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_DISK_SIZE = "4G"
 

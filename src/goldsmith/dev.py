@@ -95,7 +95,7 @@ def up(root: Path, image: str, name: str | None = None) -> DevVM:
     if existing and existing.machine.running() and existing.image != image:
         raise GoldsmithError(
             f"VM {vname} is already up for image {existing.image!r}; "
-            f"`invoke down --name {vname}` first or pick another --name"
+            f"`./run down --name {vname}` first or pick another --name"
         )
     machine = vm.up(vname, base_path, root=root, forward=DEV_FORWARDS)
     (machine.dir / DEV_FILE).write_text(json.dumps({"image": image}) + "\n")
@@ -126,14 +126,14 @@ def find(root: Path, image: str | None = None, name: str | None = None) -> DevVM
         if len(running) == 1:
             return running[0]
         if not running:
-            raise GoldsmithError("no dev VM is up: `invoke up --image NAME` first")
+            raise GoldsmithError("no dev VM is up: `./run up --image NAME` first")
         names = ", ".join(f"{d.name} ({d.image})" for d in running)
         raise GoldsmithError(f"several dev VMs are up ({names}): say which with --image or --name")
     vname = vm_name(image or "", name)
     found = _load(root, vname)
     if found is None or not found.machine.running():
         hint = f"--image {image}" if image else f"--image IMAGE --name {vname}"
-        raise GoldsmithError(f"dev VM {vname} is not up: `invoke up {hint}` first")
+        raise GoldsmithError(f"dev VM {vname} is not up: `./run up {hint}` first")
     if image and found.image != image:
         raise GoldsmithError(f"VM {vname} is the dev VM of image {found.image!r}, not {image!r}")
     return found

@@ -1,15 +1,33 @@
-"""The fingerprint of a build's inputs: same inputs, same fingerprint, and the image is reused."""
+"""The fingerprint of a build's inputs: same inputs, same fingerprint, and the image is reused.
+
+Only content and paths relative to the project go in, so the same commit gives the same
+fingerprint in any folder on any machine (CI clones into a new folder every run). Each
+input's own hash is kept too (`inputs`), so a later build can say which inputs changed.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from . import tools
 from .catalogue import Image
 from .roles import RoleMap
+
+PACKAGE = Path(__file__).parent
+
+
+def tool_versions() -> dict[str, str]:
+    import ansible.release
+
+    return {
+        "packer": tools.capture(["packer", "version"]).strip().splitlines()[0],
+        "ansible-core": ansible.release.__version__,
+    }
 
 
 def _files(paths: list[Path]) -> list[Path]:
@@ -22,34 +40,64 @@ def _files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def tool_versions() -> dict[str, str]:
-    import ansible.release
+def _relative(value: Any, root: Path) -> Any:
+    """The catalogue entry with every path made relative to the project (or dropped)."""
+    if isinstance(value, dict):
+        return {k: _relative(v, root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_relative(v, root) for v in value]
+    if isinstance(value, Path):
+        return str(value.relative_to(root)) if value.is_relative_to(root) else value.name
+    return value
 
-    return {
-        "packer": tools.capture(["packer", "version"]).strip().splitlines()[0],
-        "ansible-core": ansible.release.__version__,
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def inputs(
+    image: Image,
+    role_map: RoleMap,
+    root: Path,
+    base_id: str,
+    target: str,
+    tools_: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Every input of a build, by a stable name, with the sha256 of its content."""
+    entry = _relative(asdict(image), root)
+    out = {
+        "catalogue entry": _sha(json.dumps(entry, sort_keys=True, default=str).encode()),
+        "target": target,
+        "base": base_id,
+        "tools": _sha(json.dumps(dict(tools_ or tool_versions()), sort_keys=True).encode()),
     }
-
-
-def compute(image: Image, role_map: RoleMap, root: Path, base_id: str, target: str) -> str:
-    """sha256 over the image entry, its playbook, roles, specs, packer/, the seal and tools."""
-    h = hashlib.sha256()
-    h.update(json.dumps(asdict(image), sort_keys=True, default=str).encode())
-    h.update(f"target={target} base={base_id}".encode())
-    h.update(json.dumps(tool_versions(), sort_keys=True).encode())
-    inputs = [
+    files = [
         image.playbook,
         root / "packer",
-        Path(__file__).parent / "data",
+        PACKAGE / "data",
         root / "tests/spec/conftest.py",
         root / "tests/spec/hygiene",
     ]
-    inputs += [root / "roles" / r for r in role_map.roles]
-    inputs += list(role_map.specs.values())
-    for f in _files(inputs):
-        name = (
-            f.relative_to(root) if f.is_relative_to(root) else f.relative_to(Path(__file__).parent)
-        )
-        h.update(str(name).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    files += [root / "roles" / r for r in role_map.roles]
+    files += list(role_map.specs.values())
+    for f in _files(files):
+        if f.is_relative_to(root):
+            name = str(f.relative_to(root))
+        else:
+            name = f"goldsmith/{f.relative_to(PACKAGE)}"
+        out[name] = _sha(f.read_bytes())
+    return out
+
+
+def of(inputs_: Mapping[str, str]) -> str:
+    """The fingerprint: one sha256 over the sorted inputs and their hashes."""
+    return _sha(json.dumps(dict(inputs_), sort_keys=True).encode())
+
+
+def changed(old: Mapping[str, str] | None, new: Mapping[str, str]) -> list[str] | None:
+    """The inputs that differ between two records (added, removed or edited), or None
+    when the old build recorded no inputs (so nothing can be told)."""
+    if not old:
+        return None
+    names = sorted(set(old) | set(new))
+    return [n for n in names if old.get(n) != new.get(n)]

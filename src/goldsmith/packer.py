@@ -91,9 +91,13 @@ def validate_all(root: Path) -> None:
 class Timings:
     """Seconds spent in each phase of a Packer build, read from its output as it streams."""
 
+    clock: Callable[[], float] = time.monotonic
     phases: dict[str, float] = field(default_factory=dict)
     _current: str = "start"
-    _since: float = field(default_factory=time.monotonic)
+    _since: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._since = self.clock()
 
     def line(self, text: str) -> None:
         for pattern, phase in PHASES:
@@ -103,7 +107,7 @@ class Timings:
                 return
 
     def _switch(self, phase: str) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self.phases[self._current] = self.phases.get(self._current, 0) + now - self._since
         self._current, self._since = phase, now
 
@@ -120,8 +124,13 @@ def build(
     cwd: Path,
     env: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
+    stop_grace: float = 30.0,
 ) -> None:
-    """`packer build` of one source; raises ToolError when Packer fails."""
+    """`packer build` of one source; raises ToolError when Packer fails.
+
+    Packer lives no longer than goldsmith (it is sent SIGTERM if goldsmith dies) and is
+    given `stop_grace` seconds to clean up when stopped.
+    """
     argv = [
         "packer",
         "build",
@@ -142,4 +151,6 @@ def build(
         },
         cwd=cwd,
         on_line=on_line,
+        stop_grace=stop_grace,
+        die_with_us=True,
     )

@@ -165,27 +165,63 @@ def merge_junit(parts: list[Path], out: Path) -> None:
     ET.ElementTree(suites).write(out, encoding="utf-8", xml_declaration=True)
 
 
+def collect(paths: list[Path], root: Path) -> None:
+    """Pre-flight: collect the specs without running them, so a spec that does not even
+    import (a syntax error, a missing name) fails here, before any machine starts."""
+    if not paths:
+        return
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--collect-only",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(spec_root(root)),
+        "--color=no",
+        *map(str, paths),
+    ]
+    res = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "GOLDSMITH_ROOT": str(root)},
+        stdin=subprocess.DEVNULL,
+    )
+    if res.returncode != 0:
+        lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith(("E ", "ERROR"))] or lines[-15:]
+        raise GoldsmithError(
+            "the specs do not load (pytest --collect-only failed, nothing was started):\n  "
+            + "\n  ".join(errors[:20])
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m goldsmith.spec live ...`: the build's spec step, run by Packer's shell-local.
 
-    Packer hands the machine's address over in GOLDSMITH_SPEC_HOST/PORT/USER.
+    The pipeline resolved the playbook once and passes the spec folders (`--spec`);
+    Packer hands the machine's address over in GOLDSMITH_SPEC_HOST/PORT/USER (an
+    internal protocol between goldsmith's Packer template and this step).
     """
-    from .roles import resolve
-
     p = argparse.ArgumentParser(prog="python -m goldsmith.spec")
     p.add_argument("mode", choices=["live"])
-    p.add_argument("--playbook", type=Path, required=True)
+    p.add_argument("--spec", type=Path, action="append", default=[])
     p.add_argument("--junit", type=Path, required=True)
     p.add_argument("--key", type=Path, required=True)
     p.add_argument("--root", type=Path, required=True)
     args = p.parse_args(argv)
     host = os.environ.get("GOLDSMITH_SPEC_HOST", "127.0.0.1")
     port = os.environ.get("GOLDSMITH_SPEC_PORT", "22")
-    user = os.environ.get("GOLDSMITH_SPEC_USER", "goldsmith")
-    role_map = resolve(args.playbook, args.root)
-    report_coverage(role_map)
+    user = os.environ["GOLDSMITH_SPEC_USER"]
+    if not args.spec:
+        tools.log("spec", "no role of this image has specs (see the pre-flight's list)")
+        return 0
     result = run(
-        list(role_map.specs.values()),
+        args.spec,
         hosts=f"ssh://{user}@{host}:{port}",
         junit=args.junit,
         root=args.root,

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MissingTool, ToolError
@@ -37,13 +38,20 @@ def run(
     on_line: Callable[[str], None] | None = None,
     check: bool = True,
     quiet: bool = False,
+    stop_grace: float = 10.0,
+    die_with_us: bool = False,
 ) -> int:
     """Run `cmd`, stream its merged output line by line as `[prefix] line`, return its exit code.
 
     The child gets its own process group: on Ctrl-C or any exception the whole group is
-    terminated (then killed), so no tool (qemu under packer, say) outlives us.
+    terminated, given `stop_grace` seconds to clean up (Packer deleting its cloud
+    resources), then killed, so no tool (qemu under packer, say) outlives us. A second
+    Ctrl-C while it cleans up does not cut that short. With `die_with_us`, the kernel
+    also sends the child SIGTERM if goldsmith itself is killed (SIGKILL included).
     """
     argv = [str(c) for c in cmd]
+    if die_with_us and shutil.which("setpriv"):
+        argv = ["setpriv", "--pdeathsig", "TERM", "--", *argv]
     name = prefix or Path(argv[0]).name
     full_env = dict(os.environ)
     if env:
@@ -70,7 +78,8 @@ def run(
                 on_line(line)
         code = proc.wait()
     except BaseException:
-        stop_group(proc)
+        with shielded():
+            stop_group(proc, grace=stop_grace)
         raise
     if check and code != 0:
         raise ToolError(name, code)
@@ -104,6 +113,25 @@ def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Run a cleanup to its end: Ctrl-C and SIGTERM during it are noted, not obeyed."""
+
+    def note(signum, frame):
+        log("cleanup", "still cleaning up; it finishes on its own")
+
+    try:
+        previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals go to the main thread anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def is_root() -> bool:

@@ -157,17 +157,18 @@ def smbios_credential(public_key: str) -> str:
 _ACCEL: str | None = None
 
 
-def accelerator(root: Path | None = None, probe_image: Path | None = None) -> str:
+def accelerator(
+    root: Path | None = None, probe_image: Path | None = None, forced: str = "auto"
+) -> str:
     """'kvm' if KVM really runs a guest here, else 'tcg'.
 
     /dev/kvm existing is not enough: nested KVM on these machines starts, then stops the
     guest with "KVM internal error". So boot the probe image briefly under KVM and look
     for the kernel on the serial console. The answer is cached per machine (qemu and
-    host kernel versions). GOLDSMITH_ACCEL=kvm|tcg overrides.
+    host kernel versions). `forced` (the `accelerator` setting) kvm or tcg skips the probe.
     """
     global _ACCEL
-    forced = os.environ.get("GOLDSMITH_ACCEL")
-    if forced:
+    if forced in ("kvm", "tcg"):
         return forced
     if _ACCEL:
         return _ACCEL

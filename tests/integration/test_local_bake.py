@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +24,7 @@ def baked_base() -> Path:
     """`invoke build --image base` in the real project (reused by later tests of the suite)."""
     proc = invoke(ROOT, "build", "--image", "base", "--force")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
-    return ROOT / "build" / "base"
+    return ROOT / "build" / "base" / "local"
 
 
 def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
@@ -65,19 +70,164 @@ def test_second_build_with_same_inputs_reuses_the_image(baked_base: Path) -> Non
     assert (baked_base / "manifest.json").read_text() == before
 
 
-def test_failing_spec_fails_the_build_names_it_and_writes_nothing(scratch: Path) -> None:
-    add_mini_image(
-        scratch,
-        "def test_marker_says_goodbye(host):\n"
-        "    assert host.file('/etc/mini').content_string == 'goodbye\\n'\n",
+def plan_of(project: Path, image: str) -> dict:
+    proc = invoke(project, "plan", "--image", image, "--target", "local", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    return row
+
+
+def test_same_inputs_in_another_folder_same_fingerprint_and_reuse(
+    baked_base: Path, scratch: Path
+) -> None:
+    """CI clones into a new folder every run: the fingerprint must not see the folder."""
+    here, there = plan_of(ROOT, "base"), plan_of(scratch, "base")
+    assert here["fingerprint"] == there["fingerprint"] and len(here["fingerprint"]) == 64
+    assert here["action"] == "reuse" and there["action"] == "rebake"
+    shutil.copytree(ROOT / "build" / "base", scratch / "build" / "base", ignore=ignore_lock)
+    assert plan_of(scratch, "base")["action"] == "reuse"
+    proc = invoke(scratch, "build", "--image", "base", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "inputs unchanged" in proc.stdout and "[packer]" not in proc.stdout
+    # A changed role: the plan says rebake and names what changed.
+    with (scratch / "roles/base/defaults/main.yml").open("a") as f:
+        f.write("# a reviewer's comment\n")
+    changed = plan_of(scratch, "base")
+    assert changed["action"] == "rebake" and changed["changed"] == ["roles/base/defaults/main.yml"]
+
+
+def ignore_lock(folder: str, names: list[str]) -> list[str]:
+    return [n for n in names if n == ".lock"]
+
+
+def test_truncated_manifest_is_one_line_and_no_previous_build(
+    baked_base: Path, scratch: Path
+) -> None:
+    shutil.copytree(ROOT / "build" / "base", scratch / "build" / "base", ignore=ignore_lock)
+    manifest = scratch / "build/base/local/manifest.json"
+    manifest.write_text(manifest.read_text()[:200])
+    proc = invoke(scratch, "plan", "--image", "base", "--target", "local", timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert "rebake" in proc.stdout
+    (line,) = [ln for ln in proc.stdout.splitlines() if "unreadable" in ln]
+    assert "build/base/local/manifest.json" in line and "no previous build" in line
+
+
+def leftovers(project: Path) -> list[str]:
+    """What a build of `project` could leave on this machine: qemu, work folders, mounts,
+    loop devices."""
+    found = qemu_processes(project)
+    found += [str(p) for p in (project / "build").glob(".work-*")]
+    found += [ln for ln in Path("/proc/self/mounts").read_text().splitlines() if str(project) in ln]
+    loops = subprocess.run(["losetup", "--list"], capture_output=True, text=True).stdout
+    found += [ln for ln in loops.splitlines() if str(project) in ln]
+    return found
+
+
+def start_build(project: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(ROOT), "build", *args],
+        cwd=project,
+        env={**os.environ, "GOLDSMITH_ROOT": str(project)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    proc = invoke(scratch, "build", "--image", "mini")
+
+
+def read_until(proc: subprocess.Popen, marker: str, timeout: float = 900) -> str:
+    """The build's output up to the first line holding `marker` (fails on timeout or exit)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+        assert time.monotonic() < deadline, f"no {marker!r} within {timeout}s"
+    raise AssertionError(f"the build ended before {marker!r}:\n" + "".join(seen[-40:]))
+
+
+@pytest.fixture(scope="module")
+def mini_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = tmp_path_factory.mktemp("drills")
+    for name in ("images.yml", "roles", "playbooks", "packer", "tests/spec"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, project / name)
+        else:
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, project / name)
+    (project / ".cache").symlink_to(ROOT / ".cache")
+    add_mini_image(project, GOOD_SPEC)
+    return project
+
+
+GOOD_SPEC = (
+    "def test_marker_says_hello(host):\n"
+    "    assert host.file('/etc/mini').content_string == 'hello\\n'\n"
+)
+
+
+def test_drill_sigkill_mid_provision_then_a_new_build_sweeps_and_succeeds(
+    mini_project: Path,
+) -> None:
+    proc = start_build(mini_project, "--image", "mini")
+    read_until(proc, "Provisioning with Ansible")
+    proc.kill()  # SIGKILL: goldsmith gets no chance to clean up
+    proc.wait()
+    again = invoke(mini_project, "build", "--image", "mini")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+    assert "[sweep]" in again.stdout and "removed work folder" in again.stdout
+    assert (mini_project / "build/mini/local/mini.qcow2").is_file()
+    time.sleep(2)
+    assert leftovers(mini_project) == []
+
+
+def test_drill_second_build_of_an_image_fails_clearly_and_ctrl_c_twice_cleans_up(
+    mini_project: Path,
+) -> None:
+    proven = (mini_project / "build/mini/local/manifest.json").read_text()
+    first = start_build(mini_project, "--image", "mini", "--force")
+    read_until(first, "[phase] bake mini")
+    second = invoke(mini_project, "build", "--image", "mini", "--force", timeout=300)
+    assert second.returncode != 0
+    assert "another build of this image is running" in second.stderr
+    read_until(first, "Provisioning with Ansible")
+    first.send_signal(signal.SIGINT)
+    time.sleep(1)
+    first.send_signal(signal.SIGINT)  # impatient: must not cut the cleanup short
+    rest, _ = first.communicate(timeout=600)
+    assert first.returncode == 130, rest[-3000:]
+    assert "interrupted; cleaned up" in rest
+    assert leftovers(mini_project) == []
+    assert (mini_project / "build/mini/local/manifest.json").read_text() == proven
+
+
+def test_drill_failed_rebuild_keeps_the_proven_image_which_is_then_reused(
+    mini_project: Path,
+) -> None:
+    out = mini_project / "build/mini/local"
+    proven = (out / "manifest.json").read_text()
+    spec = mini_project / "tests/spec/mini/test_mini.py"
+    spec.write_text(GOOD_SPEC.replace("hello", "goodbye").replace("says_goodbye", "says_bye"))
+    failed = invoke(mini_project, "build", "--image", "mini")
+    assert failed.returncode != 0
+    assert "test_marker_says_bye" in failed.stderr + failed.stdout
+    assert "no image written" in failed.stderr
+    assert (out / "manifest.json").read_text() == proven and (out / "mini.qcow2").is_file()
+    assert leftovers(mini_project) == []
+    spec.write_text(GOOD_SPEC)
+    again = invoke(mini_project, "build", "--image", "mini")
+    assert again.returncode == 0 and "inputs unchanged" in again.stdout
+
+
+def test_spec_that_does_not_load_fails_before_any_vm(scratch: Path) -> None:
+    (scratch / "tests/spec/base/test_broken.py").write_text("def test_x(host:\n    pass\n")
+    proc = invoke(scratch, "build", "--image", "base", timeout=300)
     assert proc.returncode != 0
-    assert "test_marker_says_goodbye" in proc.stderr + proc.stdout
-    assert "no image written" in proc.stderr
-    assert not (scratch / "build/mini/mini.qcow2").exists()
-    assert not list((scratch / "build").glob(".work-*"))
-    assert not qemu_processes(ROOT, scratch), "a qemu outlived the failed build"
+    assert "test_broken.py" in proc.stderr and "specs do not load" in proc.stderr
+    assert "[packer]" not in proc.stdout and "[vm]" not in proc.stdout
 
 
 def test_misspelt_catalogue_key_fails_before_any_vm(scratch: Path) -> None:

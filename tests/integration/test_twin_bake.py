@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -98,6 +99,13 @@ def leftovers(aws: Aws, region: str, build_id: str, image: str) -> list[str]:
     return found
 
 
+def build_id_of(output: str) -> str:
+    """The build id a bake announced ("[build] mini: build mini-<time>-<pid> in ...")."""
+    found = re.search(r"build ((?:mini|web|base)-\d{8}T\d{6}Z-\d+) in ", output)
+    assert found, "the bake must announce its build id"
+    return found.group(1)
+
+
 def build_amis(aws: Aws, region: str, build_id: str) -> list[str]:
     flt = {f"tag:{amis.TAG_BUILD_ID}": [build_id]}
     return [i["ImageId"] for i in amis.describe_images(aws, region, owners=["self"], filters=flt)]
@@ -133,13 +141,13 @@ def test_failing_spec_on_the_twin_registers_nothing_and_leaves_nothing(
     assert proc.returncode != 0
     assert "test_marker_says_goodbye" in out, "the error must name the failing spec"
     assert "no AMI registered" in out
-    build_id = (scratch / "build/mini/build-id").read_text().strip()
+    build_id = build_id_of(out)
     for region in MINI_REGIONS:
         assert build_amis(twin_aws, region, build_id) == [], f"an AMI was registered in {region}"
         assert leftovers(twin_aws, region, build_id, "mini") == []
         assert ssm.get_ami(twin_aws, region, MINI_PARAM) == pointer_set
     assert vm_leftovers(scratch, build_id) == []
-    assert not (scratch / "build/mini/manifest.json").exists()
+    assert not (scratch / "build/mini/twin/manifest.json").exists()
 
 
 def test_dirty_seal_deregisters_the_ami_and_publishes_nothing(
@@ -164,7 +172,7 @@ def test_dirty_seal_deregisters_the_ami_and_publishes_nothing(
     assert proc.returncode != 0
     assert "hygiene" in out and "no AMI published" in out
     assert "Creating AMI" in out or "Creating the AMI" in out, "Packer should have got that far"
-    build_id = (scratch / "build/mini/build-id").read_text().strip()
+    build_id = build_id_of(out)
     for region in MINI_REGIONS:
         assert build_amis(twin_aws, region, build_id) == [], f"an AMI is left in {region}"
         assert leftovers(twin_aws, region, build_id, "mini") == []
@@ -188,7 +196,7 @@ def test_buildspec_bakes_web_on_the_twin_and_publishes_it(twin_aws: Aws) -> None
         ROOT,
     )
     assert code == 0
-    out = ROOT / "build" / "web"
+    out = ROOT / "build" / "web" / "twin"
     manifest = json.loads((out / "manifest.json").read_text())
     settings = load(ROOT / "images.yml").images["web"].aws
     assert settings is not None

@@ -228,7 +228,7 @@ def test_waiting_too_long_says_how_to_wait_longer(monkeypatch: pytest.MonkeyPatc
         with pytest.raises(GoldsmithError) as err:
             amis.wait_available(aws, CENTRAL, "ami-0abc", amis.Wait(timeout_s=2, delay_s=1))
     assert "still 'pending' after 2s" in str(err.value)
-    assert "GOLDSMITH_AMI_WAIT_SECONDS" in str(err.value)
+    assert "ami_wait_seconds" in str(err.value)
 
 
 def test_failed_ami_reports_aws_reason(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,11 +242,3 @@ def test_failed_ami_reports_aws_reason(monkeypatch: pytest.MonkeyPatch) -> None:
             GoldsmithError, match="AMI ami-0abc in eu-central-1 failed: snapshot lost"
         ):
             amis.wait_available(aws, CENTRAL, "ami-0abc", amis.Wait(timeout_s=5, delay_s=1))
-
-
-def test_wait_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GOLDSMITH_AMI_WAIT_SECONDS", "7200")
-    assert amis.Wait.from_env().timeout_s == 7200
-    monkeypatch.setenv("GOLDSMITH_AMI_WAIT_SECONDS", "soon")
-    with pytest.raises(GoldsmithError, match="GOLDSMITH_AMI_WAIT_SECONDS='soon'"):
-        amis.Wait.from_env()

@@ -12,6 +12,7 @@ import pytest
 
 from goldsmith.aws import amis, packer_vars
 from goldsmith.errors import GoldsmithError
+from goldsmith.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = SimpleNamespace(
@@ -43,14 +44,17 @@ def test_twin_values() -> None:
     assert (v["aws_ssh_port"], v["aws_roles"], v["aws_build_id"]) == (2222, "base,nginx", "b1")
 
 
-def test_real_aws_cidr_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GOLDSMITH_AWS_SSH_CIDRS", "10.0.0.0/16, 203.0.113.7/32")
-    v = packer_vars.packer_vars(SETTINGS, PROV, region="eu-west-1")
+def test_real_aws_cidrs_from_the_setting() -> None:
+    """The aws_ssh_cidrs setting reaches the template; a bad CIDR fails when settings load."""
+    v = packer_vars.packer_vars(
+        SETTINGS, PROV, region="eu-west-1", ssh_source_cidrs=["10.0.0.0/16", "203.0.113.7/32"]
+    )
     assert v["aws_ssh_source_cidrs"] == ["10.0.0.0/16", "203.0.113.7/32"]
     assert v["aws_endpoint_ec2"] == ""
-    monkeypatch.setenv("GOLDSMITH_AWS_SSH_CIDRS", "everyone")
-    with pytest.raises(GoldsmithError, match="GOLDSMITH_AWS_SSH_CIDRS: 'everyone' is not a CIDR"):
-        packer_vars.builder_cidrs()
+    s = Settings.from_config({"aws_ssh_cidrs": "10.0.0.0/16, 203.0.113.7/32"})
+    assert s.aws_ssh_cidrs == ("10.0.0.0/16", "203.0.113.7/32")
+    with pytest.raises(GoldsmithError, match="aws_ssh_cidrs: 'everyone' is not a CIDR"):
+        Settings.from_config({"aws_ssh_cidrs": "everyone"})
 
 
 @pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed")

@@ -8,7 +8,6 @@ the build only reaches the manifest when every provisioner, specs included, succ
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,26 +246,11 @@ class Wait:
 
     Copies of large or first-in-region snapshots take long; AWS's default waiter gives up
     after 10 minutes, which is the classic "AMI waiter timed out" failure. The default
-    here is an hour, settable with $GOLDSMITH_AMI_WAIT_SECONDS.
+    here is an hour (the `ami_wait_seconds` setting).
     """
 
     timeout_s: int = 3600
     delay_s: int = 15
-
-    @classmethod
-    def from_env(cls) -> Wait:
-        raw = os.environ.get("GOLDSMITH_AMI_WAIT_SECONDS", "")
-        if not raw:
-            return cls()
-        try:
-            timeout = int(raw)
-            if timeout <= 0:
-                raise ValueError
-        except ValueError:
-            raise GoldsmithError(
-                f"$GOLDSMITH_AMI_WAIT_SECONDS={raw!r} is not a positive number of seconds"
-            ) from None
-        return cls(timeout_s=timeout)
 
 
 def wait_available(aws: Aws, region: str, ami_id: str, wait: Wait) -> dict[str, Any]:
@@ -295,7 +279,7 @@ def wait_available(aws: Aws, region: str, ami_id: str, wait: Wait) -> dict[str, 
             ) from None
         raise GoldsmithError(
             f"AMI {ami_id} in {region} is still {state!r} after {wait.timeout_s}s; "
-            "set $GOLDSMITH_AMI_WAIT_SECONDS higher for slow snapshot copies"
+            "raise the ami_wait_seconds setting for slow snapshot copies"
         ) from None
     return describe_image(aws, region, ami_id)
 
@@ -389,7 +373,7 @@ def copy_to_regions(
     `kms_key_ids` maps region to KMS key for encrypted copies (KMS keys are regional);
     a region without one gets the account's default EBS key.
     """
-    wait = wait or Wait.from_env()
+    wait = wait or Wait()
     kms_key_ids = kms_key_ids or {}
     source = wait_available(aws, built.source_region, built.source_ami, wait)
     pending: dict[str, str] = {}

@@ -59,12 +59,12 @@ def translate_core(
         return GoldsmithError(
             f"no AWS credentials found for {client.meta.service_model.service_name} in {region}: "
             "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (for the twin: "
-            "`invoke twin.up` prints the environment to use)"
+            "`./run twin.up` prints the environment to use)"
         )
     if isinstance(err, botocore.exceptions.EndpointConnectionError):
         return GoldsmithError(
             f"cannot reach AWS at {client.meta.endpoint_url} ({region}): {err}; "
-            "if that is the twin, is it up? (`invoke twin.up`)"
+            "if that is the twin, is it up? (`./run twin.up`)"
         )
     if isinstance(err, botocore.exceptions.ParamValidationError):
         service = client.meta.service_model.service_name

@@ -8,7 +8,6 @@ booleans, lists) without knowing AWS.
 from __future__ import annotations
 
 import ipaddress
-import os
 import urllib.request
 from typing import Any
 
@@ -21,20 +20,9 @@ CHECKIP_URL = "https://checkip.amazonaws.com"
 def builder_cidrs() -> list[str]:
     """Who may reach the builder's SSH port: this machine's public address only.
 
-    $GOLDSMITH_AWS_SSH_CIDRS (comma-separated CIDRs) overrides it, e.g. a CodeBuild
-    project in a VPC that reaches builders by private IP passes its subnet.
+    The `aws_ssh_cidrs` setting replaces it, e.g. for a CodeBuild project in a VPC that
+    reaches builders by private IP (goldsmith passes it as `ssh_source_cidrs`).
     """
-    raw = os.environ.get("GOLDSMITH_AWS_SSH_CIDRS", "").strip()
-    if raw:
-        cidrs = [c.strip() for c in raw.split(",") if c.strip()]
-        for c in cidrs:
-            try:
-                ipaddress.ip_network(c)
-            except ValueError:
-                raise GoldsmithError(
-                    f"$GOLDSMITH_AWS_SSH_CIDRS: {c!r} is not a CIDR (e.g. 203.0.113.7/32)"
-                ) from None
-        return cidrs
     try:
         with urllib.request.urlopen(CHECKIP_URL, timeout=10) as resp:
             ip = resp.read().decode().strip()
@@ -42,7 +30,7 @@ def builder_cidrs() -> list[str]:
     except (OSError, ValueError) as err:
         raise GoldsmithError(
             f"cannot find this machine's public address at {CHECKIP_URL} ({err}); "
-            "set $GOLDSMITH_AWS_SSH_CIDRS to the CIDR the builder may be reached from"
+            "set the aws_ssh_cidrs setting to the CIDR the builder may be reached from"
         ) from None
     return [f"{ip}/32"]
 

@@ -116,7 +116,7 @@ def up(root: Path) -> Twin:
     amis.write_text(json.dumps(catalogue(), indent=1))
     port = _free_port()
     env = {**os.environ, "MOTO_AMIS_PATH": str(amis.resolve())}
-    # Its own session: the twin outlives the command that started it (`invoke twin.up`).
+    # Its own session: the twin outlives the command that started it (`./run twin.up`).
     with open(d / "moto.log", "ab") as out:
         proc = subprocess.Popen(
             [venv_bin("moto_server"), "-H", HOST, "-p", str(port)],
@@ -161,7 +161,7 @@ def endpoint(root: Path) -> str:
     """The running twin's endpoint URL; a clear error when it is not up."""
     twin = running(root)
     if not twin:
-        raise GoldsmithError("the AWS twin is not running; start it with `invoke twin.up`")
+        raise GoldsmithError("the AWS twin is not running; start it with `./run twin.up`")
     return twin.endpoint
 
 

@@ -1,17 +1,20 @@
-"""The tasks every user starts with: setup, base, build, lint, test, bench."""
+"""The tasks every user starts with: setup, base, build, plan, sweep, lint, test, bench."""
 
 from __future__ import annotations
 
-import os
+import json
+import subprocess
 import sys
 
-from invoke import task
+from invoke import Exit, task
 
-from .. import base as base_images
+from .. import base as base_disks
 from .. import setup as system_setup
+from .. import targets
 from ..catalogue import load
+from ..errors import GoldsmithError
 from ..paths import project_root
-from . import user_errors
+from .common import settings, user_errors
 
 
 @task
@@ -24,35 +27,76 @@ def setup(c):
 @task(help={"name": "base to build (a key of `bases` in images.yml); default: all built here"})
 @user_errors
 def base(c, name=None):
-    """Build the local base image(s) from Debian's packages; cached by their definition's hash."""
+    """Build the local base disk(s) from Debian's packages; cached by their definition's hash."""
     root = project_root()
     catalogue = load(root / "images.yml")
     names = [name] if name else [n for n, b in catalogue.bases.items() if b.kind == "debootstrap"]
     for n in names:
         if n not in catalogue.bases:
-            raise_unknown = f"images.yml: bases: no base named {n!r} ({', '.join(catalogue.bases)})"
-            from ..errors import GoldsmithError
-
-            raise GoldsmithError(raise_unknown)
+            raise GoldsmithError(
+                f"images.yml: bases: no base named {n!r} ({', '.join(catalogue.bases)})"
+            )
         system_setup.ensure(root)
-        path = base_images.ensure(catalogue.bases[n], root)
+        path = base_disks.ensure(catalogue.bases[n], root)
         print(path.relative_to(root))
 
 
 @task(
     help={
         "image": "image to bake (a key of `images` in images.yml); default: base",
-        "target": "local (qcow2 on this machine), aws (AMIs) or twin (AMIs in a local moto)",
-        "force": "rebake even when the inputs' fingerprint matches the last build",
+        "target": f"where to bake: {', '.join(targets.names())} (default local)",
+        "force": "rebake even when the inputs' fingerprint matches the last proven build",
     }
 )
 @user_errors
 def build(c, image="base", target="local", force=False):
     """Bake an image: pre-flight, bake with Packer, prove with specs, seal, record the manifest."""
-    from ..build import build as do_build
+    from ..pipeline import build as bake
 
-    manifest = do_build(project_root(), image, target=target, force=force)
-    print(f"manifest: {manifest.relative_to(project_root())}")
+    root = project_root()
+    manifest = bake(root, image, target=target, force=force, settings=settings(c))
+    print(f"manifest: {manifest.relative_to(root)}")
+
+
+@task(
+    help={
+        "image": "only this image (default: every image)",
+        "target": "only this target (default: every target of each image)",
+        "json": "print JSON (one object per image and target) instead of text",
+        "rebake_only": "print only the names of images that would be rebaked (for CI)",
+    }
+)
+@user_errors
+def plan(c, image=None, target=None, json_=False, rebake_only=False):
+    """What a build would do: each image's fingerprint, its last proven build, reuse or rebake."""
+    from ..pipeline import plan_all
+
+    root = project_root()
+    rows = plan_all(root, image=image, target=target, settings=settings(c))
+    if rebake_only:
+        print(" ".join(dict.fromkeys(r["image"] for r in rows if r["action"] != "reuse")))
+    elif json_:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    else:
+        for r in rows:
+            print(
+                f"{r['image']:<12} {r['target']:<6} {r['fingerprint'][:16]}  {r['action']:<7} "
+                f"last proven: {r['last'] or 'none'}"
+            )
+            if r.get("changed"):
+                print(f"{'':<20} changed: {', '.join(r['changed'])}")
+            if r.get("note"):
+                print(f"{'':<20} {r['note']}")
+
+
+@task
+@user_errors
+def sweep(c):
+    """Clean up after builds that died (SIGKILL, a lost CI job): VMs, mounts, cloud leftovers."""
+    from ..pipeline import sweep as do_sweep
+
+    done = do_sweep(project_root())
+    print(f"swept {len(done)} leftover(s)" if done else "nothing to sweep")
 
 
 @task
@@ -66,7 +110,7 @@ def lint(c):
 
 @task(
     help={
-        "fast": "unit tests only (seconds): no lint, no bake",
+        "fast": "unit tests only (no lint, no bake)",
         "k": "only tests matching this pytest -k expression",
     }
 )
@@ -81,12 +125,9 @@ def test(c, fast=False, k=None):
     argv = [sys.executable, "-m", "pytest", *paths, "-v", "-rfEs", "--color=no"]
     if k:
         argv += ["-k", k]
-    os.chdir(root)
-    result = c.run(" ".join(argv), warn=True, pty=False)
-    if result.exited != 0:
-        from invoke import Exit
-
-        raise Exit(f"tests failed (pytest exit code {result.exited})", code=result.exited)
+    code = subprocess.run(argv, cwd=root).returncode
+    if code != 0:
+        raise Exit(f"tests failed (pytest exit code {code})", code=code)
 
 
 @task(help={"image": "image to bake for the benchmark (default: base)"})
@@ -95,4 +136,4 @@ def bench(c, image="base"):
     """Benchmark a bake here: phases, shares, reuse and sizes, appended to bench/results.jsonl."""
     from ..bench import run
 
-    run(project_root(), image)
+    run(project_root(), image, settings(c))

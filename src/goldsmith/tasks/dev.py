@@ -12,7 +12,7 @@ from invoke import task
 
 from .. import dev as dev_loop
 from ..paths import project_root
-from . import user_errors
+from .common import user_errors
 
 IMAGE_HELP = "image (a key of `images` in images.yml); default: the only dev VM up"
 NAME_HELP = "dev VM name (default: dev-<image>)"

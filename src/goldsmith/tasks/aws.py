@@ -1,9 +1,8 @@
-"""Invoke tasks of the AWS side: `twin.*` and `aws.*`. They parse arguments and call the
-package; goldsmith.tasks adds them to the namespace.
+"""Tasks of the AWS side: `twin.*` and `aws.*`. They parse arguments and call the package.
 
-    invoke twin.up | twin.down | twin.env | twin.reset
-    invoke aws.publish --image web [--target twin]
-    invoke aws.reap --image web --build-id ID [--failed] [--sweep] [--dry-run]
+./run twin.up | twin.down | twin.env | twin.reset
+./run aws.publish --image web [--target twin]
+./run aws.reap --image web --build-id ID [--failed] [--sweep] [--dry-run]
 """
 
 from __future__ import annotations
@@ -12,13 +11,14 @@ from pathlib import Path
 
 from invoke import Collection, task
 
+from .. import outputs
+from ..aws import publish as publishing
+from ..aws import reaper, report, twin
+from ..aws.clients import Aws
 from ..catalogue import load
 from ..errors import GoldsmithError
-from ..paths import build_dir, project_root
-from ..tasks import user_errors
-from . import publish as publishing
-from . import reaper, report, twin
-from .clients import Aws
+from ..paths import project_root
+from .common import require_image, settings, user_errors
 
 
 def _aws_for(target: str, root: Path) -> Aws:
@@ -29,15 +29,13 @@ def _aws_for(target: str, root: Path) -> Aws:
     raise GoldsmithError(f"--target {target!r}: choose aws or twin")
 
 
-def _settings(root: Path, image: str):  # -> catalogue.AwsSettings
+def _aws_settings(root: Path, image: str | None, task: str):  # -> catalogue.AwsSettings
     catalogue = load(root / "images.yml")
-    if image not in catalogue.images:
-        known = ", ".join(sorted(catalogue.images))
-        raise GoldsmithError(f"images.yml: no image named {image!r} (images: {known})")
-    settings = catalogue.images[image].aws
-    if settings is None:
+    image = require_image(catalogue, image, task)
+    aws_settings = catalogue.images[image].aws
+    if aws_settings is None:
         raise GoldsmithError(f"images.yml: images.{image} has no 'aws' section")
-    return settings
+    return image, aws_settings
 
 
 @task
@@ -75,21 +73,27 @@ def reset(c):
     help={
         "image": "image to publish (a key of `images` in images.yml)",
         "target": "aws (real AWS, the default) or twin (the local moto)",
-        "manifest": "goldsmith's build manifest; default build/<image>/manifest.json",
+        "manifest": "goldsmith's build manifest; default build/<image>/<target>/manifest.json",
     }
 )
 @user_errors
-def publish(c, image, target="aws", manifest=None):
+def publish(c, image=None, target="aws", manifest=None):
     """Copy a baked AMI to its regions, share it, point SSM at it, write the AWS report."""
+    from ..aws.amis import Wait
+    from ..targets.amazon import publish_manifest
+
     root = project_root()
-    settings = _settings(root, image)
-    path = Path(manifest) if manifest else build_dir(root) / image / "manifest.json"
+    image, aws_settings = _aws_settings(root, image, "aws.publish")
+    path = Path(manifest) if manifest else outputs.target_dir(root, image, target) / "manifest.json"
+    if not path.is_file():
+        raise GoldsmithError(
+            f"{path}: no manifest; bake first with `./run build --image {image} --target {target}`"
+        )
     provenance, _ = publishing.from_build_manifest(path)
     if provenance.image != image:
         raise GoldsmithError(f"{path}: image is {provenance.image!r}, not {image!r}")
-    from .build import publish_manifest
-
-    publish_manifest(_aws_for(target, root), settings, path, root)
+    wait = Wait(timeout_s=settings(c).ami_wait_seconds)
+    publish_manifest(_aws_for(target, root), aws_settings, path, root, wait=wait)
     md, js = path.parent / report.MARKDOWN, path.parent / report.JSON
     print(md.read_text())
     print(f"report: {md.relative_to(root)}, {js.relative_to(root)}")
@@ -106,13 +110,13 @@ def publish(c, image, target="aws", manifest=None):
     }
 )
 @user_errors
-def reap(c, image, build_id=None, target="aws", failed=False, sweep=False, dry_run=False):
+def reap(c, image=None, build_id=None, target="aws", failed=False, sweep=False, dry_run=False):
     """Delete what a build left in AWS: instances, key pairs, security groups (and AMIs)."""
     root = project_root()
-    settings = _settings(root, image)
+    image, aws_settings = _aws_settings(root, image, "aws.reap")
     done = reaper.reap(
         _aws_for(target, root),
-        list(settings.regions),
+        list(aws_settings.regions),
         build_id,
         images=failed,
         sweep=sweep,
@@ -122,10 +126,10 @@ def reap(c, image, build_id=None, target="aws", failed=False, sweep=False, dry_r
 
 
 def twin_collection() -> Collection:
-    """`invoke twin.up`, `twin.down`, `twin.env`, `twin.reset`."""
+    """`./run twin.up`, `twin.down`, `twin.env`, `twin.reset`."""
     return Collection("twin", up, down, env, reset)
 
 
 def aws_collection() -> Collection:
-    """`invoke aws.publish`, `aws.reap`."""
+    """`./run aws.publish`, `aws.reap`."""
     return Collection("aws", publish, reap)

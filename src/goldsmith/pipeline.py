@@ -1,0 +1,388 @@
+"""One bake, end to end, for every target: plan, pre-flight, sweep, fingerprint, bake,
+prove, seal, record, publish.
+
+    plan()       load images.yml, check the request, resolve the playbook (once)
+    preflight()  what needs no machine: playbook syntax, specs collect, the target's checks
+    build()      the whole road; returns the path of the recorded manifest
+
+Nothing is started (no VM, no cloud resource) before pre-flight passes. The target
+(goldsmith.targets) supplies only what differs between local, aws and twin; this module
+owns the build id, the work folder and its key, the Packer run, the order of the checks,
+the manifest, the atomic commit of build/<image>/<target>/ and the cleanup. A failed or
+interrupted build leaves the last proven build in place and nothing else behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import base as base_disks
+from . import fingerprint, outputs, packer, setup, spec, targets, tools, vm, workdir
+from .ansible_env import ansible_env
+from .catalogue import load
+from .errors import GoldsmithError, ToolError
+from .paths import venv_bin
+from .roles import resolve
+from .settings import Settings
+from .targets.contract import Bake, Plan, Source, Target, manifest
+
+
+class Interrupted(GoldsmithError):
+    """Ctrl-C or SIGTERM: the build was stopped; the message says what cleanup achieved."""
+
+
+def plan(root: Path, image_name: str, target: str, settings: Settings | None = None) -> Plan:
+    """Load the catalogue and check the request; raises before anything is started."""
+    catalogue = load(root / "images.yml")
+    image = catalogue.image(image_name)
+    if target not in targets.names():
+        raise GoldsmithError(
+            f"unknown target {target!r}: choose one of {', '.join(targets.names())}"
+        )
+    if target not in image.targets:
+        raise GoldsmithError(
+            f"{catalogue.path.name}: images.{image.name}.targets does not list {target!r} "
+            f"(it lists {', '.join(image.targets)})"
+        )
+    return Plan(
+        root, catalogue, image, target, resolve(image.playbook, root), settings or Settings()
+    )
+
+
+def preflight(p: Plan, target: Target) -> None:
+    """Checks that need no machine: the playbook's syntax, the specs load, the target's needs."""
+    tools.log(
+        "preflight", f"ansible-playbook --syntax-check {p.image.playbook.relative_to(p.root)}"
+    )
+    tools.run(
+        [venv_bin("ansible-playbook"), "--syntax-check", "-i", "localhost,", p.image.playbook],
+        prefix="preflight",
+        env=ansible_env(p.root),
+        cwd=p.root,
+    )
+    spec.report_coverage(p.role_map)
+    tools.log("preflight", "the specs load (pytest --collect-only)")
+    spec.collect([*p.role_map.specs.values(), spec.hygiene_dir(p.root)], p.root)
+    target.check(p)
+
+
+def git_state(root: Path) -> dict[str, Any]:
+    """The checkout's sha and whether it is dirty ("unknown" and dirty outside git)."""
+    try:
+        sha = tools.capture(["git", "-C", str(root), "rev-parse", "HEAD"]).strip()
+        dirty = bool(tools.capture(["git", "-C", str(root), "status", "--porcelain"]).strip())
+        return {"sha": sha, "dirty": dirty}
+    except (GoldsmithError, OSError):
+        return {"sha": "unknown", "dirty": True}
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job) unwinds like Ctrl-C, so every cleanup still runs."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def sweep(root: Path) -> list[str]:
+    """Clean up after builds of this project that died (SIGKILL, a lost machine): their
+    qemu, mounts, loop devices, stand-in VMs, cloud resources and work folders."""
+    done: list[str] = []
+    for path, owner in workdir.dead(root):
+        what = owner.get("build_id", path.name)
+        tools.log("sweep", f"{what}: its build is gone (pid {owner.get('pid', '?')}); cleaning up")
+        found = []
+        target_name = owner.get("target")
+        if target_name in targets.names():
+            found += targets.get(target_name).sweep(root, owner)
+        found += workdir.sweep_local(root, path, owner)
+        for item in found:
+            tools.log("sweep", f"{what}: removed {item}")
+        done += [f"{what}: {item}" for item in found]
+    return done
+
+
+@dataclass
+class Decision:
+    """What a build of an image for a target would do, and why."""
+
+    image: str
+    target: str
+    fingerprint: str
+    inputs: dict[str, str]
+    last: dict[str, Any] | None  # the last proven build's manifest (any fingerprint)
+    reusable: dict[str, Any] | None  # the proven build with this fingerprint, if any
+    changed: list[str] | None  # inputs changed since `last` (None: cannot tell)
+
+    @property
+    def action(self) -> str:
+        return "reuse" if self.reusable else "rebake"
+
+
+def decide(p: Plan, target: Target, source: Source) -> Decision:
+    inputs = fingerprint.inputs(p.image, p.role_map, p.root, source.id, p.target)
+    fp = fingerprint.of(inputs)
+    last = target.last_proven(p, None)
+    reusable = None
+    if last is not None:
+        reusable = last if last.get("fingerprint") == fp else target.last_proven(p, fp)
+    recorded = outputs.read_proven(p.root, p.image.name, p.target, quiet=True)
+    old_inputs = (recorded.manifest.get("inputs") if recorded else None) or None
+    return Decision(
+        p.image.name, p.target, fp, inputs, last, reusable, fingerprint.changed(old_inputs, inputs)
+    )
+
+
+def build(
+    root: Path,
+    image_name: str,
+    target: str = "local",
+    force: bool = False,
+    settings: Settings | None = None,
+) -> Path:
+    """Bake `image_name` for `target` (or reuse its proven build); return its manifest path."""
+    started = time.monotonic()
+    p = plan(root, image_name, target, settings)
+    t = targets.get(target)
+    preflight(p, t)
+    setup.ensure(root)
+    with terminate_as_interrupt():
+        sweep(root)
+        with outputs.image_lock(root, p.image.name), t.session(p):
+            s0 = time.monotonic()
+            source = t.source(p)
+            base_s = round(time.monotonic() - s0, 1)
+            d = decide(p, t, source)
+            if not force and d.reusable:
+                path = t.reuse(p, d.reusable)
+                return path
+            if d.changed:
+                tools.log("build", f"{p.image.name}: inputs changed: {', '.join(d.changed[:8])}")
+            return _bake(p, t, source, d, started, {"base": base_s})
+
+
+def shared_vars(bake: Bake) -> dict[str, Any]:
+    """The build's variables every source shares (packer/variables.pkr.hcl)."""
+    p = bake.plan
+    spec_cmd = [sys.executable, "-m", "goldsmith.spec", "live"]
+    for d in p.role_map.specs.values():
+        spec_cmd += ["--spec", str(d)]
+    spec_cmd += ["--junit", str(bake.live_junit), "--key", str(bake.key), "--root", str(p.root)]
+    return {
+        "image_name": p.image.name,
+        "git_sha": bake.git["sha"],
+        "build_id": bake.build_id,
+        "fingerprint": bake.fingerprint,
+        "roles": ",".join(p.role_map.roles),
+        "playbook": str(p.image.playbook),
+        "ansible_playbook": venv_bin("ansible-playbook"),
+        "ansible_env_vars": [f"{k}={v}" for k, v in ansible_env(p.root).items()],
+        "spec_command": shlex.join(spec_cmd),
+        "seal_script": str(base_disks.DATA / "seal.sh"),
+        "build_user": bake.build_user,
+        "ssh_private_key_file": str(bake.key),
+        "manifest_path": str(bake.work.path / "packer-manifest.json"),
+    }
+
+
+def run_packer(bake: Bake, target: Target, template: Path, var_file: Path) -> dict[str, float]:
+    """`packer build` of the target's source; return its phase timings.
+
+    When Packer fails because specs failed, the error names each failing spec and says
+    what was not made; any other Packer failure is raised as it is.
+    """
+    phases = packer.Timings()
+    try:
+        packer.build(
+            template,
+            var_file,
+            only=target.packer_only,
+            cwd=bake.plan.root,
+            env=target.packer_env(bake),
+            on_line=phases.line,
+            stop_grace=bake.plan.settings.packer_stop_seconds(target.name),
+        )
+    except ToolError:
+        live = spec.parse_junit(bake.live_junit)
+        if live.failures:
+            raise GoldsmithError(
+                f"{bake.plan.image.name}: {live.failed} spec(s) failed, {target.what}:\n  "
+                + "\n  ".join(live.failures)
+            ) from None
+        raise
+    return phases.finish()
+
+
+def _packer_manifest(path: Path) -> dict[str, Any]:
+    """Packer's own manifest, with the build's temporary paths reduced to file names."""
+    data = json.loads(path.read_text())
+    for b in data.get("builds", []):
+        for f in b.get("files") or []:
+            f["name"] = Path(f["name"]).name
+    return data
+
+
+def _bake(
+    p: Plan, target: Target, source: Source, d: Decision, started: float, timings: dict
+) -> Path:
+    image, root = p.image, p.root
+    build_id = f"{image.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+    work = workdir.create(root, build_id, image=image.name, target=p.target)
+    dest = outputs.target_dir(root, image.name, p.target)
+    bake: Bake | None = None
+    failed, interrupted = True, False
+    try:
+        key = work.path / "build_key"
+        public = vm.make_key(key)
+        staged = work.path / "result"
+        staged.mkdir()
+        bake = Bake(
+            plan=p,
+            source=source,
+            fingerprint=d.fingerprint,
+            inputs=d.inputs,
+            build_id=build_id,
+            git=git_state(root),
+            work=work,
+            key=key,
+            public_key=public,
+            build_user=target.build_user(p),
+            staged=staged,
+            timings=timings,
+        )
+        target.start(bake)
+        values = {**shared_vars(bake), **target.packer_vars(bake)}
+        template = packer.template_dir(root, work.path / "packer")
+        var_file = packer.write_vars(values, work.path / "build.pkrvars.hcl")
+        packer.init(template)
+        packer.validate(template, var_file, only=target.packer_only)
+        tools.log("phase", f"bake {image.name} for {p.target} ({build_id})")
+        with target.during_packer(bake):
+            bake.timings.update(run_packer(bake, target, template, var_file))
+        fields = target.collect(bake)
+        t = time.monotonic()
+        proof = target.prove_seal(bake)
+        bake.timings["hygiene"] = round(time.monotonic() - t, 1)
+        live = spec.parse_junit(bake.live_junit)
+        spec.merge_junit([bake.live_junit, bake.hygiene_junit], staged / outputs.JUNIT)
+        bake.timings["total"] = round(time.monotonic() - started, 1)
+        specs = {"live": live.as_dict()}
+        if proof.hygiene is not None:
+            specs["hygiene"] = proof.hygiene.as_dict()
+        record = manifest(
+            p,
+            build_id=build_id,
+            git=bake.git,
+            fingerprint=d.fingerprint,
+            inputs=d.inputs,
+            source=source,
+            timings=bake.timings,
+            specs=specs,
+            seal_proof=proof.how,
+            tools=fingerprint.tool_versions(),
+            **fields,
+            packer_manifest=_packer_manifest(work.path / "packer-manifest.json"),
+        )
+        if proof.packages is not None:
+            record["packages"] = proof.packages
+        outputs.write_json(staged / outputs.MANIFEST, record)
+        with tools.shielded():
+            outputs.commit(staged, dest)
+            work.record(proven=True)
+        failed = False
+        tools.log(
+            "build",
+            f"{image.name}: {live.passed} specs passed"
+            + (f", {proof.hygiene.passed} hygiene checks" if proof.hygiene else "")
+            + f"; recorded {dest.relative_to(root)}/ in {bake.timings['total']:.0f}s",
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        with tools.shielded():
+            problems = target.cleanup(bake, failed) if bake is not None else []
+            workdir.release(work.path)
+            shutil.rmtree(work.path, ignore_errors=True)
+            if work.path.exists():
+                problems.append(f"work folder {work.path.relative_to(root)}")
+            if workdir.kill_qemu(str(work.path)):
+                problems.append("a qemu process (killed late)")
+            for problem in problems:
+                tools.log("cleanup", f"could not remove: {problem}")
+    if interrupted:
+        if problems:
+            raise Interrupted(
+                "interrupted; nothing was recorded, but these were left behind: "
+                + "; ".join(problems)
+                + " (`./run sweep` retries)"
+            )
+        raise Interrupted(
+            "interrupted; cleaned up (no VM, mount, work folder or cloud resource of this build "
+            f"is left) and nothing was recorded; {dest.relative_to(root)}/ is unchanged"
+        )
+    target.after_commit(p, dest / outputs.MANIFEST)
+    return dest / outputs.MANIFEST
+
+
+def plan_all(
+    root: Path,
+    *,
+    image: str | None = None,
+    target: str | None = None,
+    settings: Settings | None = None,
+) -> list[dict[str, Any]]:
+    """For every image (and each of its targets): fingerprint, last proven build, decision.
+
+    Builds nothing and creates nothing; a target that cannot be asked (the twin is not
+    running, no AWS credentials) says so in `note` and counts as "rebake".
+    """
+    catalogue = load(root / "images.yml")
+    names = [catalogue.image(image).name] if image else list(catalogue.images)
+    rows = []
+    for name in names:
+        wanted = [target] if target else list(catalogue.images[name].targets)
+        for tname in wanted:
+            p = plan(root, name, tname, settings)
+            t = targets.get(tname)
+            row: dict[str, Any] = {"image": name, "target": tname}
+            try:
+                d = decide(p, t, t.source(p, prepare=False))
+            except GoldsmithError as err:
+                row |= {"fingerprint": "", "action": "rebake", "last": None, "note": str(err)}
+                rows.append(row)
+                continue
+            last = d.last or {}
+            label = last.get("artifact_label")
+            if last and not label:
+                where = outputs.target_dir(root, name, tname).relative_to(root)
+                label = f"{where}/{last.get('artifact', '')} (build {last.get('build_id')})"
+            row |= {
+                "fingerprint": d.fingerprint,
+                "action": d.action,
+                "last": label,
+                "last_fingerprint": last.get("fingerprint"),
+                "changed": d.changed,
+            }
+            if d.last is None:
+                row["note"] = "no proven build yet"
+            elif d.action == "rebake" and d.changed is None:
+                row["note"] = "no input record to compare with: every input counts as changed"
+            rows.append(row)
+    return rows

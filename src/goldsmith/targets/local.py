@@ -1,0 +1,142 @@
+"""The local target: a QEMU VM on this machine, a bootable qcow2 in build/<image>/local/."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import base as base_disks
+from .. import disk, outputs, spec, tools, vm
+from ..errors import GoldsmithError
+from .contract import Bake, Plan, SealProof, Source, nothing
+
+
+def prove_on_disk(bake: Bake, disk_image: Path, nothing_made: str) -> SealProof:
+    """Mount `disk_image` read-only and run the hygiene spec on it (testinfra chroot)."""
+    plan = bake.plan
+    tools.log("phase", "prove the seal on the sealed disk")
+    with disk.mounted_readonly(disk_image, bake.work.path) as mnt:
+        hygiene = spec.run(
+            [spec.hygiene_dir(plan.root)],
+            hosts=str(mnt),
+            connection="chroot",
+            junit=bake.hygiene_junit,
+            root=plan.root,
+            suite="hygiene",
+            extra_env={"GOLDSMITH_HYGIENE": "sealed", "GOLDSMITH_BUILD_USER": bake.build_user},
+        )
+        packages = disk.packages(mnt)
+    if not hygiene.ok:
+        raise GoldsmithError(
+            f"{plan.image.name}: the sealed disk failed its hygiene spec, {nothing_made}:\n  "
+            + "\n  ".join(hygiene.failures)
+        )
+    return SealProof(hygiene, packages, "hygiene spec on the sealed disk (read-only mount)")
+
+
+class Local:
+    name = "local"
+    packer_only = "goldsmith.qemu.local"
+    what = "no image written"
+
+    def check(self, plan: Plan) -> None:
+        pass
+
+    def session(self, plan: Plan):
+        return nothing()
+
+    def source(self, plan: Plan, prepare: bool = True) -> Source:
+        base = plan.image.base
+        if base.kind == "debootstrap":
+            path = (base_disks.ensure if prepare else base_disks.image_path)(base, plan.root)
+            return Source(path.parent.name, {"path": str(path), "checksum": "none"})
+        return Source(base.checksum, {"url": base.url, "checksum": base.checksum})
+
+    def last_proven(self, plan: Plan, fingerprint: str | None) -> dict[str, Any] | None:
+        proven = outputs.read_proven(plan.root, plan.image.name, self.name)
+        if proven is None or (fingerprint and proven.fingerprint != fingerprint):
+            return None
+        return proven.manifest
+
+    def reuse(self, plan: Plan, proven: dict[str, Any]) -> Path:
+        d = outputs.target_dir(plan.root, plan.image.name, self.name)
+        tools.log(
+            "build",
+            f"{plan.image.name}: inputs unchanged (fingerprint {proven['fingerprint'][:12]}); "
+            f"reusing {(d / proven['artifact']).relative_to(plan.root)} (--force to rebake)",
+        )
+        return d / outputs.MANIFEST
+
+    def build_user(self, plan: Plan) -> str:
+        return vm.BUILD_USER
+
+    def start(self, bake: Bake) -> None:
+        pass
+
+    def packer_vars(self, bake: Bake) -> dict[str, Any]:
+        plan, src = bake.plan, bake.source
+        local_disk = src.details.get("path")
+        values: dict[str, Any] = {
+            "base_image": local_disk or src.details["url"],
+            "base_checksum": src.details["checksum"],
+            "build_credential": vm.smbios_credential(bake.public_key),
+            "accelerator": vm.accelerator(
+                plan.root,
+                Path(local_disk) if local_disk else None,
+                forced=plan.settings.accelerator,
+            ),
+            "output_directory": str(bake.work.path / "output"),
+            "ssh_host_port": vm.free_port(),
+            "disk_size": plan.image.base.disk_size or "4G",
+        }
+        if plan.image.base.kind == "cloud-image":
+            from .. import cloudinit
+
+            port = vm.free_port()
+            seed = cloudinit.write_seed(bake.work.path / "seed", bake.public_key, plan.image.name)
+            values |= {
+                "http_directory": str(seed),
+                "http_port": port,
+                "cloud_init_seed": cloudinit.smbios_seed(port),
+            }
+        bake.state["accelerator"] = values["accelerator"]
+        return values
+
+    def packer_env(self, bake: Bake) -> dict[str, str] | None:
+        return None
+
+    def during_packer(self, bake: Bake):
+        return nothing()
+
+    def collect(self, bake: Bake) -> dict[str, Any]:
+        name = f"{bake.plan.image.name}.qcow2"
+        baked = bake.work.path / "output" / name
+        if not baked.is_file():
+            raise GoldsmithError(f"{bake.plan.image.name}: Packer finished without writing {name}")
+        bake.state["disk"] = baked
+        return {"artifact": name, "accelerator": bake.state.get("accelerator", "")}
+
+    def prove_seal(self, bake: Bake) -> SealProof:
+        proof = prove_on_disk(bake, bake.state["disk"], self.what)
+        # Only a proven disk goes into the staged output.
+        t = time.monotonic()
+        shutil.move(str(bake.state["disk"]), bake.staged / bake.state["disk"].name)
+        bake.timings["stage"] = round(time.monotonic() - t, 1)
+        return proof
+
+    def cleanup(self, bake: Bake, failed: bool) -> list[str]:
+        return []
+
+    def after_commit(self, plan: Plan, manifest_path: Path) -> None:
+        m = outputs.read_proven(plan.root, plan.image.name, self.name)
+        if m and m.artifact:
+            tools.log(
+                "build",
+                f"{plan.image.name}: wrote {m.artifact.relative_to(plan.root)} "
+                f"({m.artifact.stat().st_size / 2**20:.0f} MiB)",
+            )
+
+    def sweep(self, root: Path, owner: dict[str, Any]) -> list[str]:
+        return []

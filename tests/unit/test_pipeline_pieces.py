@@ -1,0 +1,220 @@
+"""The pipeline's pieces that only real bakes exercised before: fingerprint, outputs,
+settings, the manifest, Packer's phase timings, JUnit merging, the work folder sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from goldsmith import fingerprint, outputs, packer, spec, workdir
+from goldsmith.catalogue import load
+from goldsmith.errors import GoldsmithError
+from goldsmith.roles import resolve
+from goldsmith.settings import Settings
+from goldsmith.targets import contract
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = {"packer": "Packer v1.6.6", "ansible-core": "2.19.14"}
+
+
+def copy_project(dest: Path) -> Path:
+    for name in ("images.yml", "roles", "playbooks", "packer", "tests/spec"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest / name)
+    return dest
+
+
+def inputs_of(root: Path, image: str = "web") -> dict[str, str]:
+    img = load(root / "images.yml").image(image)
+    return fingerprint.inputs(img, resolve(img.playbook, root), root, "debian12-x", "local", TOOLS)
+
+
+def test_fingerprint_is_the_same_in_any_folder(tmp_path: Path) -> None:
+    a = inputs_of(copy_project(tmp_path / "a"))
+    b = inputs_of(copy_project(tmp_path / "somewhere" / "else"))
+    assert a == b and fingerprint.of(a) == fingerprint.of(b)
+    assert "playbooks/web.yml" in a and "roles/nginx/tasks/main.yml" in a
+    assert not any(str(tmp_path) in k for k in a)
+
+
+def test_fingerprint_names_what_changed(tmp_path: Path) -> None:
+    root = copy_project(tmp_path)
+    before = inputs_of(root)
+    with (root / "roles/nginx/defaults/main.yml").open("a") as f:
+        f.write("# changed\n")
+    (root / "tests/spec/nginx/test_new.py").write_text("def test_x(host):\n    pass\n")
+    after = inputs_of(root)
+    assert fingerprint.of(before) != fingerprint.of(after)
+    assert fingerprint.changed(before, after) == [
+        "roles/nginx/defaults/main.yml",
+        "tests/spec/nginx/test_new.py",
+    ]
+    assert fingerprint.changed(None, after) is None
+    # Another target or base is another fingerprint.
+    img = load(root / "images.yml").image("web")
+    rm = resolve(img.playbook, root)
+    other = fingerprint.inputs(img, rm, root, "debian12-x", "twin", TOOLS)
+    assert fingerprint.changed(after, other) == ["target"]
+
+
+def test_write_atomic_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "d" / "manifest.json"
+    outputs.write_json(path, {"a": 1})
+    outputs.write_json(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["manifest.json"]
+
+
+def test_read_proven_reports_corrupt_state_in_one_line(tmp_path: Path, capsys) -> None:
+    d = outputs.target_dir(tmp_path, "web", "local")
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text('{"fingerprint": "ab')
+    assert outputs.read_proven(tmp_path, "web", "local") is None
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "build/web/local/manifest.json is unreadable" in out[0]
+    (d / "manifest.json").write_text(json.dumps({"fingerprint": "ab", "artifact": "web.qcow2"}))
+    assert outputs.read_proven(tmp_path, "web", "local") is None
+    assert "web.qcow2, which is missing" in capsys.readouterr().out
+    (d / "web.qcow2").write_bytes(b"disk")
+    proven = outputs.read_proven(tmp_path, "web", "local")
+    assert proven is not None and proven.fingerprint == "ab"
+
+
+def test_commit_swaps_whole_folders(tmp_path: Path) -> None:
+    dest = tmp_path / "build/web/local"
+    first = tmp_path / "stage1"
+    first.mkdir()
+    (first / "manifest.json").write_text("1")
+    outputs.commit(first, dest)
+    second = tmp_path / "stage2"
+    second.mkdir()
+    (second / "manifest.json").write_text("2")
+    (second / "web.qcow2").write_text("disk")
+    outputs.commit(second, dest)
+    assert (dest / "manifest.json").read_text() == "2" and (dest / "web.qcow2").is_file()
+    assert not first.exists() and not second.exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["local"]
+
+
+def test_second_build_of_an_image_fails_clearly(tmp_path: Path) -> None:
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from goldsmith import outputs\n"
+        "with outputs.image_lock(Path(sys.argv[1]), 'web'):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(30)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(GoldsmithError, match=rf"another build .* \(pid {holder.pid}\)"):
+            with outputs.image_lock(tmp_path, "web"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with outputs.image_lock(tmp_path, "web"):  # a dead holder holds nothing
+        pass
+
+
+def test_settings_from_configuration() -> None:
+    s = Settings.from_config(
+        {"accelerator": "tcg", "publish": "0", "ami_wait_seconds": "60", "aws_ssh_cidrs": ""}
+    )
+    assert (s.accelerator, s.publish, s.ami_wait_seconds, s.aws_ssh_cidrs) == (
+        "tcg",
+        False,
+        60,
+        (),
+    )
+    with pytest.raises(GoldsmithError, match="goldsmith.accelerator='hvf'"):
+        Settings.from_config({"accelerator": "hvf"})
+    with pytest.raises(GoldsmithError, match="goldsmith.publsh: no such setting"):
+        Settings.from_config({"publsh": False})
+    with pytest.raises(GoldsmithError, match="ami_wait_seconds='soon': expected a whole number"):
+        Settings.from_config({"ami_wait_seconds": "soon"})
+    # The defaults are what Invoke's configuration holds (no lists: env overrides cast).
+    assert Settings.from_config(Settings.defaults()) == Settings()
+
+
+def test_manifest_has_one_shape(tmp_path: Path) -> None:
+    cat = load(ROOT / "images.yml")
+    img = cat.image("web")
+    plan = contract.Plan(ROOT, cat, img, "local", resolve(img.playbook, ROOT))
+    m = contract.manifest(
+        plan,
+        build_id="web-1",
+        git={"sha": "abc", "dirty": False},
+        fingerprint="f" * 64,
+        inputs={"target": "local"},
+        source=contract.Source("debian12-x", {"checksum": "none"}),
+        artifact="web.qcow2",
+    )
+    assert m["image"] == "web" and m["target"] == "local" and m["artifact"] == "web.qcow2"
+    assert m["base"] == {"name": "debian12", "kind": "debootstrap", "id": "debian12-x"} | {
+        "checksum": "none"
+    }
+    assert "nginx" in m["roles"] and m["inputs"] == {"target": "local"}
+
+
+def test_packer_phase_timings() -> None:
+    clock = iter([0.0, 10.0, 70.0, 80.0, 95.0])
+    t = packer.Timings(clock=lambda: next(clock))
+    for line in (
+        "==> goldsmith.qemu.local: Waiting for SSH to become available...",
+        "==> goldsmith.qemu.local: Provisioning with Ansible...",
+        "==> goldsmith.qemu.local: Running local shell script: /tmp/x",
+        "==> goldsmith.qemu.local: Gracefully halting virtual machine...",
+    ):
+        t.line(line)
+    phases = t.finish()
+    assert set(phases) >= {"provision", "spec"}
+    assert phases["provision"] == 60.0 and phases["spec"] == 10.0
+
+
+def test_merge_junit(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.xml", tmp_path / "b.xml"
+    a.write_text('<testsuite name="spec"><testcase classname="x" name="ok"/></testsuite>')
+    b.write_text(
+        '<testsuites><testsuite name="hygiene"><testcase classname="h" name="bad">'
+        "<failure/></testcase></testsuite></testsuites>"
+    )
+    out = tmp_path / "junit.xml"
+    spec.merge_junit([a, b, tmp_path / "missing.xml"], out)
+    result = spec.parse_junit(out)
+    assert (result.passed, result.failed, result.failures) == (1, 1, ["h::bad"])
+    assert 'name="hygiene"' in out.read_text()
+
+
+def test_sweep_takes_dead_builds_and_leaves_live_ones(tmp_path: Path) -> None:
+    live = workdir.create(tmp_path, "web-live")
+    dead = workdir.create(tmp_path, "web-dead")
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead.owner["pid"] = child.pid  # a process that is gone
+    dead.record()
+    (dead.path / "build_key").write_text("secret")
+    found = dict(workdir.dead(tmp_path))
+    assert list(found) == [dead.path]
+    done = workdir.sweep_local(tmp_path, dead.path, found[dead.path])
+    assert done == ["work folder .work-web-dead"]
+    assert not dead.path.exists() and live.path.exists()
+    assert oct(live.path.stat().st_mode & 0o777) == "0o700"
+    # A reused pid is not the owner: its start time differs.
+    live.owner["start"] = "1"
+    live.record()
+    assert [p for p, _ in workdir.dead(tmp_path)] == [live.path]
+    assert workdir.alive({"pid": os.getpid(), "start": workdir._start_ticks(os.getpid())})

@@ -1,0 +1,100 @@
+"""The package's shape: no import cycles, and a CLI whose every task answers --help."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "src" / "goldsmith"
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (anywhere in it, lazily or not)."""
+    modules = {}
+    for f in package.rglob("*.py"):
+        rel = f.relative_to(package.parent).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        modules[".".join(parts)] = f
+    graph: dict[str, set[str]] = {}
+    for name, f in modules.items():
+        base = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level:
+                    mod = ".".join(base[: len(base) - node.level + 1] + ([mod] if mod else []))
+                found.add(mod)
+                found |= {f"{mod}.{a.name}" for a in node.names}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                found.append(stack[stack.index(m) :] + [m])
+            elif m not in state:
+                visit(m)
+        state[n] = 2
+        stack.pop()
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)
+    return found
+
+
+def test_the_check_finds_a_cycle(tmp_path: Path) -> None:
+    pkg = tmp_path / "goldsmith"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("def f():\n    from .a import x\n")
+    assert cycles(import_graph(pkg)) == [["goldsmith.a", "goldsmith.b", "goldsmith.a"]]
+
+
+def test_no_import_cycles_in_goldsmith() -> None:
+    graph = import_graph(PACKAGE)
+    assert "goldsmith.pipeline" in graph and graph["goldsmith.pipeline"]
+    assert cycles(graph) == []
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
+        cwd=ROOT,
+        env={**os.environ, "GOLDSMITH_ROOT": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_every_task_answers_help() -> None:
+    listed = invoke("--list", "--list-format=json")
+    assert listed.returncode == 0, listed.stderr
+    tree = json.loads(listed.stdout)
+    names = [t["name"] for t in tree["tasks"]]
+    names += [f"{c['name']}.{t['name']}" for c in tree["collections"] for t in c["tasks"]]
+    assert {"build", "plan", "sweep", "up", "spec", "aws.publish", "twin.up"} <= set(names)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(zip(names, pool.map(lambda n: invoke(n, "--help"), names), strict=True))
+    bad = {n: r.stdout + r.stderr for n, r in results.items() if r.returncode != 0}
+    assert bad == {}
+    assert all("Usage: inv" in r.stdout for r in results.values())
