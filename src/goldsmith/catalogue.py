@@ -132,6 +132,12 @@ class Catalogue:
     images: dict[str, Image]
     # Where `images:` is written, so an unknown image name can be reported there.
     images_line: int = field(default=0, compare=False, repr=False)
+    # Each playbook, resolved once while loading (plays, roles, specs): a build uses this.
+    role_maps: dict[Path, roles.RoleMap] = field(default_factory=dict, compare=False, repr=False)
+
+    def role_map(self, image: Image) -> roles.RoleMap:
+        """The roles and specs of `image`'s playbook, as resolved when the catalogue loaded."""
+        return self.role_maps[image.playbook]
 
     def image(self, name: str) -> Image:
         """The image called `name`; a CatalogueError listing the known names otherwise."""
@@ -360,16 +366,19 @@ def load(path: Path) -> Catalogue:
                 bases[name] = base
     images: dict[str, Image] = {}
     images_line = top["images"][0] if "images" in top else 0
+    resolved: dict[Path, roles.RoleMap | None] = {}
     if "images" in top:
         base_names = _declared(top, "bases")
-        resolved: dict[Path, roles.RoleMap | None] = {}
         for name, _line, n in _named(v, top["images"][1], "images"):
             image = _image(v, name, n, root, bases, base_names, resolved)
             if image is not None:
                 images[name] = image
     if v.problems:
         raise CatalogueError(sorted(v.problems, key=lambda p: p.line))
-    return Catalogue(path=path, bases=bases, images=images, images_line=images_line)
+    role_maps = {k: m for k, m in resolved.items() if m is not None}
+    return Catalogue(
+        path=path, bases=bases, images=images, images_line=images_line, role_maps=role_maps
+    )
 
 
 def _named(v: _Validator, n: _Node, what: str) -> Iterator[tuple[str, int, _Node]]:

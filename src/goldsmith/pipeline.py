@@ -33,7 +33,6 @@ from .ansible_env import ansible_env
 from .catalogue import load
 from .errors import GoldsmithError, ToolError
 from .paths import venv_bin
-from .roles import resolve
 from .settings import Settings
 from .targets.contract import Bake, Plan, Source, Target, manifest
 
@@ -55,9 +54,7 @@ def plan(root: Path, image_name: str, target: str, settings: Settings | None = N
             f"{catalogue.path.name}: images.{image.name}.targets does not list {target!r} "
             f"(it lists {', '.join(image.targets)})"
         )
-    return Plan(
-        root, catalogue, image, target, resolve(image.playbook, root), settings or Settings()
-    )
+    return Plan(root, catalogue, image, target, catalogue.role_map(image), settings or Settings())
 
 
 def preflight(p: Plan, target: Target) -> None:

@@ -97,13 +97,14 @@ def test_project_buildspec_matches_the_catalogue_and_reports_junit() -> None:
     reports = {r["file-format"]: r for r in spec["reports"].values()}
     assert set(reports) == {"JUNITXML"}
     files = [f for r in spec["reports"].values() for f in r["files"]]
-    assert "build/*/junit.xml" in files and "build/junit-unit.xml" in files
+    assert "build/*/*/junit.xml" in files and "build/junit-unit.xml" in files
     text = yaml.safe_dump(spec["phases"])
     for needed in (
         "./run lint",
         "--junitxml=build/junit-unit.xml",
         "./run build --target",
+        "./run plan",
         "./run aws.publish",
-        "./run aws.reap",
+        "./run sweep",
     ):
         assert needed in text

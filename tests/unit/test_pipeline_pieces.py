@@ -218,3 +218,25 @@ def test_sweep_takes_dead_builds_and_leaves_live_ones(tmp_path: Path) -> None:
     live.record()
     assert [p for p, _ in workdir.dead(tmp_path)] == [live.path]
     assert workdir.alive({"pid": os.getpid(), "start": workdir._start_ticks(os.getpid())})
+
+
+def test_preflight_rejects_a_region_botocore_does_not_know(tmp_path: Path) -> None:
+    from goldsmith.targets import amazon
+
+    root = copy_project(tmp_path)
+    text = (root / "images.yml").read_text()
+    assert "eu-central-1" in text
+    (root / "images.yml").write_text(text.replace("eu-central-1", "eu-centrall-1", 1))
+    cat = load(root / "images.yml")
+    img = cat.image("base")
+    plan = contract.Plan(root, cat, img, "aws", cat.role_map(img))
+    with pytest.raises(GoldsmithError, match="'eu-centrall-1' is not an EC2 region botocore"):
+        amazon.Amazon("aws").check(plan)
+    ok = contract.Plan(
+        ROOT,
+        load(ROOT / "images.yml"),
+        load(ROOT / "images.yml").image("base"),
+        "aws",
+        resolve(img.playbook, root),
+    )
+    amazon.Amazon("aws").check(ok)

@@ -113,7 +113,7 @@ def up(root: Path) -> Twin:
     d.mkdir(parents=True, exist_ok=True)
     _stop_stale(d)
     amis = d / "amis.json"
-    amis.write_text(json.dumps(catalogue(), indent=1))
+    amis.write_text(json.dumps(seeded_amis(), indent=1))
     port = _free_port()
     env = {**os.environ, "MOTO_AMIS_PATH": str(amis.resolve())}
     # Its own session: the twin outlives the command that started it (`./run twin.up`).
@@ -197,7 +197,7 @@ def reset(root: Path) -> None:
         pass
 
 
-def catalogue() -> list[dict[str, Any]]:
+def seeded_amis() -> list[dict[str, Any]]:
     """moto's bundled public AMIs plus the Debian seeds."""
     bundled = files("moto") / "ec2" / "resources" / "amis.json.gz"
     amis: list[dict[str, Any]] = json.loads(gzip.decompress(bundled.read_bytes()))

@@ -125,9 +125,7 @@ class Amazon:
         )
         base_id = found["ImageId"] + (f"+{stand_in.parent.name}" if stand_in else "")
         details = {"source_ami": found["ImageId"], "source_ami_name": found.get("Name", "")}
-        if stand_in:
-            details["stand_in"] = str(stand_in)
-        return Source(base_id, details)
+        return Source(base_id, details, disk=stand_in)
 
     def last_proven(self, plan: Plan, fingerprint: str | None) -> dict[str, Any] | None:
         """The newest available AMI of this image with `fingerprint` (found by its tags)."""
@@ -228,7 +226,7 @@ class Amazon:
             t = time.monotonic()
             bake.state["machine"] = vm.up(
                 name,
-                Path(bake.source.details["stand_in"]),
+                bake.source.disk,
                 root=plan.root,
                 key=bake.key,
                 user=bake.build_user,

@@ -41,7 +41,8 @@ class Source:
     """What the build machine boots from: a stable id for the fingerprint, and details."""
 
     id: str
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest
+    disk: Path | None = None  # a local disk it boots from (not recorded: machine-specific)
 
 
 @dataclass

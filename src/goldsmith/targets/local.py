@@ -51,7 +51,7 @@ class Local:
         base = plan.image.base
         if base.kind == "debootstrap":
             path = (base_disks.ensure if prepare else base_disks.image_path)(base, plan.root)
-            return Source(path.parent.name, {"path": str(path), "checksum": "none"})
+            return Source(path.parent.name, {"checksum": "none"}, disk=path)
         return Source(base.checksum, {"url": base.url, "checksum": base.checksum})
 
     def last_proven(self, plan: Plan, fingerprint: str | None) -> dict[str, Any] | None:
@@ -77,14 +77,14 @@ class Local:
 
     def packer_vars(self, bake: Bake) -> dict[str, Any]:
         plan, src = bake.plan, bake.source
-        local_disk = src.details.get("path")
+        local_disk = src.disk
         values: dict[str, Any] = {
-            "base_image": local_disk or src.details["url"],
+            "base_image": str(local_disk) if local_disk else src.details["url"],
             "base_checksum": src.details["checksum"],
             "build_credential": vm.smbios_credential(bake.public_key),
             "accelerator": vm.accelerator(
                 plan.root,
-                Path(local_disk) if local_disk else None,
+                local_disk,
                 forced=plan.settings.accelerator,
             ),
             "output_directory": str(bake.work.path / "output"),
