@@ -31,7 +31,7 @@ def test_up_reuse_down(root: Path) -> None:
         not Path(f"/proc/{first.pid}").exists()
         or b"moto" not in Path(f"/proc/{first.pid}/cmdline").read_bytes()
     )
-    with pytest.raises(GoldsmithError, match="twin is not running.*\./run twin.up"):
+    with pytest.raises(GoldsmithError, match=r"twin is not running.*\./run twin.up"):
         twin.aws(root)
     with pytest.raises(GoldsmithError, match="twin is not running"):
         twin.endpoint(root)
