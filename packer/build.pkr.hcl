@@ -28,13 +28,14 @@ build {
   }
 
   # On a cloud target the seal is the last step over the build's own SSH connection
-  # (the qemu source seals in its shutdown_command instead). It removes the build user,
-  # so Packer must not try to clean the script up afterwards (the seal removes it).
+  # (the qemu source seals in its shutdown_command instead). It ends with its self-check:
+  # anything left fails the build here, before the AMI is made. It removes the build's
+  # login, so Packer must not try to clean the script up afterwards (the seal removes it).
   provisioner "shell" {
     only             = ["amazon-ebs.aws"]
     script           = var.seal_script
     skip_clean       = true
-    environment_vars = var.aws_seal_environment
+    environment_vars = concat(["GOLDSMITH_BUILD_USER=${var.build_user}"], var.aws_seal_environment)
     execute_command  = "sudo -n sh -c '{{ .Vars }} {{ .Path }}'"
   }
 

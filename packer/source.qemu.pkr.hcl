@@ -40,6 +40,6 @@ source "qemu" "local" {
 
   # The seal removes the build user, so it is the shutdown: it runs as root over
   # the build's open connection and powers the machine off itself.
-  shutdown_command = "sudo -n env GOLDSMITH_SEAL_POWEROFF=1 sh /tmp/goldsmith-seal.sh"
+  shutdown_command = "sudo -n env GOLDSMITH_SEAL_POWEROFF=1 GOLDSMITH_BUILD_USER=${var.build_user} sh /tmp/goldsmith-seal.sh"
   shutdown_timeout = "5m"
 }

@@ -54,8 +54,8 @@ variable "seal_script" {
 }
 
 variable "build_user" {
-  type    = string
-  default = "goldsmith"
+  type        = string
+  description = "The user the build logs in as (goldsmith's own, or the AMI's); the seal's GOLDSMITH_BUILD_USER"
 }
 
 variable "ssh_private_key_file" {

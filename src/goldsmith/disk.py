@@ -8,6 +8,7 @@ replayed). Everything is undone however the block ends.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -34,33 +35,58 @@ def root_partition(raw: Path) -> tuple[int, int]:
 
 
 @contextmanager
+def _mounted_raw(raw: Path, mnt: Path, readonly: bool) -> Iterator[Path]:
+    """Mount the root partition of the raw disk `raw` at `mnt` (made here)."""
+    with ExitStack() as stack:
+        offset, size = root_partition(raw)
+        ro = ["--read-only"] if readonly else []
+        loop = tools.capture(
+            ["losetup", "--find", "--show", *ro, "--offset", str(offset), "--sizelimit", str(size)]
+            + [str(raw)]
+        ).strip()
+        stack.callback(tools.run, ["losetup", "-d", loop], prefix="disk", check=False, quiet=True)
+        mnt.mkdir()
+        tools.run(["mount", "-o", "ro,noload" if readonly else "rw", loop, mnt], prefix="disk")
+        stack.callback(tools.run, ["umount", mnt], prefix="disk", check=False)
+        yield mnt
+
+
+@contextmanager
 def mounted_readonly(image: Path, workdir: Path) -> Iterator[Path]:
     """Mount the root filesystem of `image` (qcow2 or raw) read-only; yield the mount point."""
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="sealed-", dir=workdir))
-        stack.callback(lambda: __import__("shutil").rmtree(tmp, ignore_errors=True))
+        stack.callback(lambda: shutil.rmtree(tmp, ignore_errors=True))
         raw = tmp / "disk.raw"
         tools.run(["qemu-img", "convert", "-O", "raw", image, raw], prefix="disk")
-        offset, size = root_partition(raw)
-        loop = tools.capture(
-            [
-                "losetup",
-                "--find",
-                "--show",
-                "--read-only",
-                "--offset",
-                str(offset),
-                "--sizelimit",
-                str(size),
-                str(raw),
-            ]
-        ).strip()
-        stack.callback(tools.run, ["losetup", "-d", loop], prefix="disk", check=False, quiet=True)
-        mnt = tmp / "root"
-        mnt.mkdir()
-        tools.run(["mount", "-o", "ro,noload", loop, mnt], prefix="disk")
-        stack.callback(tools.run, ["umount", mnt], prefix="disk", check=False)
-        yield mnt
+        yield stack.enter_context(_mounted_raw(raw, tmp / "root", readonly=True))
+
+
+CREDENTIAL_UNIT = "goldsmith-build-credential.service"
+CREDENTIAL_PROGRAM = "goldsmith-build-credential"
+
+
+def with_build_access(image: Path, raw: Path) -> Path:
+    """A raw copy of the sealed `image` at `raw` that a build key can log in to again.
+
+    A sealed image carries no build credential unit (the seal removes it), so nothing can
+    log in to a machine made from it with a key passed by SMBIOS. To boot one for a test,
+    or to build on top of it, the unit goes back into a copy; `image` is not touched.
+    """
+    tools.run(["qemu-img", "convert", "-O", "raw", image, raw], prefix="disk")
+    data = Path(__file__).parent / "data"
+    with tempfile.TemporaryDirectory(prefix="access-", dir=raw.parent) as tmp:
+        with _mounted_raw(raw, Path(tmp) / "root", readonly=False) as mnt:
+            program = mnt / "usr/local/sbin" / CREDENTIAL_PROGRAM
+            shutil.copy(data / CREDENTIAL_PROGRAM, program)
+            program.chmod(0o755)
+            unit = mnt / "etc/systemd/system" / CREDENTIAL_UNIT
+            shutil.copy(data / CREDENTIAL_UNIT, unit)
+            wants = mnt / "etc/systemd/system/multi-user.target.wants"
+            wants.mkdir(exist_ok=True)
+            (wants / CREDENTIAL_UNIT).unlink(missing_ok=True)
+            (wants / CREDENTIAL_UNIT).symlink_to(f"/etc/systemd/system/{CREDENTIAL_UNIT}")
+    return raw
 
 
 def packages(mnt: Path) -> dict[str, str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import tools
 from .errors import GoldsmithError
 from .paths import venv_bin
+from .vm import BUILD_USER
 
 # Lines of Packer's output that start a phase of the bake, for per-phase timings.
 PHASES = [
@@ -83,6 +84,7 @@ def validate_all(root: Path) -> None:
                 "image_name": image.name,
                 "ansible_playbook": venv_bin("ansible-playbook"),
                 "seal_script": str(Path(__file__).parent / "data" / "seal.sh"),
+                "build_user": BUILD_USER,
             }
             validate(template, write_vars(values, Path(tmp) / f"{image.name}.pkrvars.hcl"))
 

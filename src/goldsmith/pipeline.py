@@ -199,13 +199,24 @@ def shared_vars(bake: Bake) -> dict[str, Any]:
     }
 
 
+SEAL_LEFT = "goldsmith-seal: LEFT:"  # how seal.sh's self-check names a leftover
+
+
 def run_packer(bake: Bake, target: Target, template: Path, var_file: Path) -> dict[str, float]:
     """`packer build` of the target's source; return its phase timings.
 
-    When Packer fails because specs failed, the error names each failing spec and says
-    what was not made; any other Packer failure is raised as it is.
+    When Packer fails because specs failed, or because the seal's self-check found
+    something left on the machine, the error names each failing spec or leftover and
+    says what was not made; any other Packer failure is raised as it is.
     """
     phases = packer.Timings()
+    left: list[str] = []
+
+    def line(text: str) -> None:
+        phases.line(text)
+        if SEAL_LEFT in text:
+            left.append(text.split(SEAL_LEFT, 1)[1].strip())
+
     try:
         packer.build(
             template,
@@ -213,7 +224,7 @@ def run_packer(bake: Bake, target: Target, template: Path, var_file: Path) -> di
             only=target.packer_only,
             cwd=bake.plan.root,
             env=target.packer_env(bake),
-            on_line=phases.line,
+            on_line=line,
             stop_grace=bake.plan.settings.packer_stop_seconds(target.name),
         )
     except ToolError:
@@ -222,6 +233,11 @@ def run_packer(bake: Bake, target: Target, template: Path, var_file: Path) -> di
             raise GoldsmithError(
                 f"{bake.plan.image.name}: {live.failed} spec(s) failed, {target.what}:\n  "
                 + "\n  ".join(live.failures)
+            ) from None
+        if left:
+            raise GoldsmithError(
+                f"{bake.plan.image.name}: the seal's self-check found {len(left)} thing(s) "
+                f"left on the machine, {target.what}:\n  " + "\n  ".join(left)
             ) from None
         raise
     return phases.finish()

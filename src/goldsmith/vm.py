@@ -27,6 +27,8 @@ from .errors import GoldsmithError
 from .paths import cache_dir, project_root
 
 QEMU = "qemu-system-x86_64"
+# The user a build or dev VM logs in as, unless its target names another (an AMI's own
+# user on aws and twin). The guest's credential unit creates it; the seal removes it.
 BUILD_USER = "goldsmith"
 SSH_OPTIONS = [
     "-o",
@@ -52,14 +54,11 @@ class VM:
     ssh_port: int
     forwards: dict[int, int] = field(default_factory=dict)  # guest port -> host port
     pid: int = 0
+    user: str = BUILD_USER
 
     @property
     def key(self) -> Path:
         return self.dir / "id_ed25519"
-
-    @property
-    def user(self) -> str:
-        return BUILD_USER
 
     def url(self) -> str:
         return f"ssh://{self.user}@127.0.0.1:{self.ssh_port}"
@@ -129,29 +128,22 @@ def make_key(path: Path) -> str:
 
 
 def overlay_on(image: Path, overlay: Path) -> None:
-    """A copy-on-write qcow2 at `overlay` over `image`, which stays untouched."""
+    """A copy-on-write qcow2 at `overlay` over `image` (qcow2 or raw), which stays untouched."""
+    info = json.loads(tools.capture(["qemu-img", "info", "--output=json", str(image)]))
     tools.capture(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            str(image.resolve()),
-            str(overlay),
-        ]
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", info["format"]]
+        + ["-b", str(image.resolve()), str(overlay)]
     )
 
 
-def smbios_credential(public_key: str) -> str:
-    """The -smbios value that hands `public_key` to the guest (commas doubled for QEMU)."""
+def smbios_credential(public_key: str, user: str = BUILD_USER) -> str:
+    """The -smbios value that hands `user` and `public_key` to the guest's credential unit.
+
+    Two OEM strings in one type 11 entry; a comma inside a value is doubled for QEMU.
+    """
     kind, blob = public_key.split()[:2]
-    return f"type=11,value=goldsmith.build_key={kind} {blob}".replace(",", ",,").replace(
-        "type=11,,value", "type=11,value"
-    )
+    values = [f"goldsmith.build_user={user}", f"goldsmith.build_key={kind} {blob}"]
+    return "type=11," + ",".join("value=" + v.replace(",", ",,") for v in values)
 
 
 _ACCEL: str | None = None
@@ -247,12 +239,14 @@ def up(
     memory: str = "2048",
     timeout: float = 300,
     key: Path | None = None,
+    user: str = BUILD_USER,
 ) -> VM:
     """Boot `name` from `image` (an overlay; the image is never written) and wait for SSH.
 
     `key`: an existing private key (its public half beside it, `<key>.pub`) to hand the
     guest instead of a fresh one, e.g. the build's key, which an AWS twin build also
-    imports as the EC2 key pair. It is copied into the VM's folder.
+    imports as the EC2 key pair. It is copied into the VM's folder. `user`: who logs in
+    with it (the guest's credential unit creates that user if it does not exist).
     """
     root = root or project_root()
     existing = status(name, root)
@@ -265,7 +259,7 @@ def up(
     vdir = vms_dir(root) / name
     shutil.rmtree(vdir, ignore_errors=True)
     vdir.mkdir(parents=True)
-    vm = VM(name=name, dir=vdir, image=str(image.resolve()), ssh_port=free_port())
+    vm = VM(name=name, dir=vdir, image=str(image.resolve()), ssh_port=free_port(), user=user)
     vm.forwards = {22: vm.ssh_port, **{p: free_port() for p in forward}}
     if key is None:
         public = make_key(vm.key)
@@ -302,7 +296,7 @@ def up(
         "-serial",
         f"file:{vdir / 'serial.log'}",
         "-smbios",
-        smbios_credential(public),
+        smbios_credential(public, user),
     ]
     if accel == "tcg":
         argv[argv.index("-accel") + 1] = "tcg,thread=multi"

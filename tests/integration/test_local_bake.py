@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, add_mini_image, invoke, qemu_processes
 
-from goldsmith import vm
+from goldsmith import disk, vm
 
 pytestmark = pytest.mark.bake
 
@@ -45,9 +45,16 @@ def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
     assert not list((ROOT / "build").glob(".work-*")), "a build folder outlived the build"
 
 
-def test_baked_base_boots_with_its_own_boot_loader_and_answers_ssh(baked_base: Path) -> None:
-    """No -kernel: extlinux on the disk boots it; first boot makes new host keys."""
-    with vm.booted("test-boot-base", baked_base / "base.qcow2", root=ROOT) as machine:
+def test_baked_base_boots_with_its_own_boot_loader_and_answers_ssh(
+    baked_base: Path, tmp_path: Path
+) -> None:
+    """No -kernel: extlinux on the disk boots it; first boot makes new host keys.
+
+    The sealed image carries no build credential unit, so the test puts it back into a
+    copy to log in with a key of its own.
+    """
+    bootable = disk.with_build_access(baked_base / "base.qcow2", tmp_path / "base.raw")
+    with vm.booted("test-boot-base", bootable, root=ROOT) as machine:
         out = machine.ssh(
             "sudo",
             "-n",

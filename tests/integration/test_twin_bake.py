@@ -150,10 +150,15 @@ def test_failing_spec_on_the_twin_registers_nothing_and_leaves_nothing(
     assert not (scratch / "build/mini/twin/manifest.json").exists()
 
 
-def test_dirty_seal_deregisters_the_ami_and_publishes_nothing(
+def test_dirty_seal_fails_on_the_instance_and_registers_no_ami(
     scratch: Path, twin_aws: Aws, pointer_set: str
 ) -> None:
-    """The live specs pass, Packer registers the AMI, but the sealed disk carries a secret."""
+    """The live specs pass, but a role left AWS credentials in the SSH user's home.
+
+    The twin logs in as the AMI's own user (aws ssh_username, `admin`), as EC2 does, so
+    what a build leaves in that user's home is what would ship from AWS. The seal's
+    self-check, its last step on the instance, fails Packer before the AMI is made.
+    """
     add_mini_image(
         scratch,
         "def test_marker_says_hello(host):\n"
@@ -162,16 +167,23 @@ def test_dirty_seal_deregisters_the_ami_and_publishes_nothing(
     )
     with (scratch / "roles/mini/tasks/main.yml").open("a") as f:
         f.write(
-            "- name: Leave a private key behind (what the hygiene spec must catch)\n"
-            "  ansible.builtin.copy:\n    dest: /etc/mini.pem\n"
-            '    content: "-----BEGIN RSA PRIVATE KEY-----\\nx\\n"\n'
+            "- name: Make an AWS folder in the login user's home\n"
+            "  ansible.builtin.file:\n"
+            '    path: "/home/{{ ansible_user }}/.aws"\n'
+            "    state: directory\n"
+            '    mode: "0700"\n'
+            "- name: Leave AWS credentials in the login user's home (the seal must catch it)\n"
+            "  ansible.builtin.copy:\n"
+            '    dest: "/home/{{ ansible_user }}/.aws/credentials"\n'
+            '    content: "[default]\\naws_secret_access_key = x\\n"\n'
             '    mode: "0600"\n'
         )
     proc = invoke(scratch, "build", "--target", "twin", "--image", "mini")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "hygiene" in out and "no AMI published" in out
-    assert "Creating AMI" in out or "Creating the AMI" in out, "Packer should have got that far"
+    assert "the seal's self-check found 1 thing(s) left" in out
+    assert "/home/admin/.aws/credentials (AWS credentials)" in out
+    assert "no AMI registered" in out
     build_id = build_id_of(out)
     for region in MINI_REGIONS:
         assert build_amis(twin_aws, region, build_id) == [], f"an AMI is left in {region}"

@@ -81,7 +81,7 @@ class Local:
         values: dict[str, Any] = {
             "base_image": str(local_disk) if local_disk else src.details["url"],
             "base_checksum": src.details["checksum"],
-            "build_credential": vm.smbios_credential(bake.public_key),
+            "build_credential": vm.smbios_credential(bake.public_key, bake.build_user),
             "accelerator": vm.accelerator(
                 plan.root,
                 local_disk,
@@ -95,7 +95,9 @@ class Local:
             from .. import cloudinit
 
             port = vm.free_port()
-            seed = cloudinit.write_seed(bake.work.path / "seed", bake.public_key, plan.image.name)
+            seed = cloudinit.write_seed(
+                bake.work.path / "seed", bake.public_key, plan.image.name, bake.build_user
+            )
             values |= {
                 "http_directory": str(seed),
                 "http_port": port,
