@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from . import base as base_disks
+from . import base_disk
 from . import fingerprint, pipeline, tools, vm
 from .catalogue import load
 from .settings import Settings
@@ -24,7 +24,7 @@ def run(root: Path, image: str, settings: Settings | None = None) -> dict:
     catalogue = load(root / "images.yml")
     img = catalogue.image(image)
     t = time.monotonic()
-    base_path = base_disks.ensure(img.base, root)
+    base_path = base_disk.ensure(img.base, root)
     base_cached_s = round(time.monotonic() - t, 2)
     manifest_path = pipeline.build(root, image, target="local", force=True, settings=settings)
     manifest = json.loads(manifest_path.read_text())

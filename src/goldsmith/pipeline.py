@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import base as base_disks
+from . import base_disk
 from . import fingerprint, outputs, packer, setup, spec, targets, tools, vm, workdir
 from .ansible_env import ansible_env
 from .catalogue import load
@@ -192,7 +192,7 @@ def shared_vars(bake: Bake) -> dict[str, Any]:
         "ansible_playbook": venv_bin("ansible-playbook"),
         "ansible_env_vars": [f"{k}={v}" for k, v in ansible_env(p.root).items()],
         "spec_command": shlex.join(spec_cmd),
-        "seal_script": str(base_disks.DATA / "seal.sh"),
+        "seal_script": str(base_disk.DATA / "seal.sh"),
         "build_user": bake.build_user,
         "ssh_private_key_file": str(bake.key),
         "manifest_path": str(bake.work.path / "packer-manifest.json"),

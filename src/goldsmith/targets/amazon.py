@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .. import base as base_disks
+from .. import base_disk
 from .. import outputs, tools, vm
 from ..aws import amis, imds, keys, packer_vars, publish, reaper, report, twin
 from ..aws.clients import Aws
@@ -115,7 +115,7 @@ class Amazon:
         settings, region = settings_of(plan), self.region(plan)
         stand_in = None
         if self.on_twin:
-            disk_of = base_disks.ensure if prepare else base_disks.image_path
+            disk_of = base_disk.ensure if prepare else base_disk.image_path
             stand_in = disk_of(plan.image.base, plan.root)
         found = amis.find_source_ami(
             self.aws(plan.root),

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import base as base_disks
+from .. import base_disk
 from .. import disk, outputs, spec, tools, vm
 from ..errors import GoldsmithError
 from .contract import Bake, Plan, SealProof, Source, nothing
@@ -50,7 +50,7 @@ class Local:
     def source(self, plan: Plan, prepare: bool = True) -> Source:
         base = plan.image.base
         if base.kind == "debootstrap":
-            path = (base_disks.ensure if prepare else base_disks.image_path)(base, plan.root)
+            path = (base_disk.ensure if prepare else base_disk.image_path)(base, plan.root)
             return Source(path.parent.name, {"checksum": "none"}, disk=path)
         return Source(base.checksum, {"url": base.url, "checksum": base.checksum})
 

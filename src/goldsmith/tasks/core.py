@@ -8,7 +8,7 @@ import sys
 
 from invoke import Exit, task
 
-from .. import base as base_disks
+from .. import base_disk
 from .. import setup as system_setup
 from .. import targets
 from ..catalogue import load
@@ -37,7 +37,7 @@ def base(c, name=None):
                 f"images.yml: bases: no base named {n!r} ({', '.join(catalogue.bases)})"
             )
         system_setup.ensure(root)
-        path = base_disks.ensure(catalogue.bases[n], root)
+        path = base_disk.ensure(catalogue.bases[n], root)
         print(path.relative_to(root))
 
 

@@ -89,11 +89,11 @@ def ensure(base: Base, root: Path) -> Path:
     with open(out.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not out.is_file():
-            build(base, out)
+            make(base, out)
     return out
 
 
-def build(base: Base, out: Path) -> None:
+def make(base: Base, out: Path) -> None:
     """Build a bootable Debian disk at `out` (qcow2). Needs root (debootstrap, loop devices)."""
     if not tools.is_root():
         raise GoldsmithError("building a base image needs root (debootstrap, loop devices, mount)")
