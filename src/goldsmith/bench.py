@@ -13,8 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from . import base_disk
-from . import fingerprint, pipeline, tools, vm
+from . import base_disk, fingerprint, pipeline, tools, vm
 from .catalogue import load
 from .settings import Settings
 

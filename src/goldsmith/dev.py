@@ -38,8 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from . import base as base_images
-from . import setup, spec, tools, vm
+from . import base_disk, setup, spec, tools, vm
 from .ansible_env import ansible_env
 from .catalogue import Image, load
 from .errors import GoldsmithError, ToolError
@@ -89,7 +88,7 @@ def up(root: Path, image: str, name: str | None = None) -> DevVM:
             "a dev VM boots a local (debootstrap) base; point the image at one to use the dev loop"
         )
     setup.ensure(root)
-    base_path = base_images.ensure(img.base, root)
+    base_path = base_disk.ensure(img.base, root)
     vname = vm_name(image, name)
     existing = _load(root, vname)
     if existing and existing.machine.running() and existing.image != image:

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import base_disk
-from . import fingerprint, outputs, packer, setup, spec, targets, tools, vm, workdir
+from . import base_disk, fingerprint, outputs, packer, setup, spec, targets, tools, vm, workdir
 from .ansible_env import ansible_env
 from .catalogue import load
 from .errors import GoldsmithError, ToolError
@@ -235,12 +234,20 @@ def run_packer(bake: Bake, target: Target, template: Path, var_file: Path) -> di
                 + "\n  ".join(live.failures)
             ) from None
         if left:
-            raise GoldsmithError(
-                f"{bake.plan.image.name}: the seal's self-check found {len(left)} thing(s) "
-                f"left on the machine, {target.what}:\n  " + "\n  ".join(left)
-            ) from None
+            raise _seal_left(bake, target, left) from None
         raise
+    if left:
+        # A local build seals in Packer's shutdown command, whose exit status Packer
+        # does not check: the self-check's findings fail the build here instead.
+        raise _seal_left(bake, target, left)
     return phases.finish()
+
+
+def _seal_left(bake: Bake, target: Target, left: list[str]) -> GoldsmithError:
+    return GoldsmithError(
+        f"{bake.plan.image.name}: the seal's self-check found {len(left)} thing(s) "
+        f"left on the machine, {target.what}:\n  " + "\n  ".join(left)
+    )
 
 
 def _packer_manifest(path: Path) -> dict[str, Any]:

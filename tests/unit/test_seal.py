@@ -124,3 +124,27 @@ def test_a_user_goldsmith_created_must_be_gone_but_an_images_own_user_stays(
 def test_usage_without_a_root() -> None:
     done = subprocess.run(["sh", str(SEAL), "--check"], capture_output=True, text=True)
     assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_the_check_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """It runs on the live machine last: a file of its own in /tmp would fail it."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    root = clean_root(tmp_path / "root")
+    done = subprocess.run(
+        ["sh", str(SEAL), "--check", str(root)],
+        env={**os.environ, "TMPDIR": str(scratch), "GOLDSMITH_BUILD_USER": "admin"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout
+    assert list(scratch.iterdir()) == []
+
+
+def test_an_empty_root_does_not_search_the_current_folder(tmp_path: Path) -> None:
+    (tmp_path / "here.pem").write_text("-----BEGIN RSA PRIVATE KEY-----\nx\n")
+    (tmp_path / "empty").mkdir()
+    done = subprocess.run(
+        ["sh", str(SEAL), "--check", "empty"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout

@@ -40,12 +40,20 @@ problem() {
     FOUND=$((FOUND + 1))
 }
 
-# Report each path `find` prints (one problem per path, with a reason).
+# Report each path `find` prints (one problem per path, with a reason). No temporary
+# file: the check must not leave what it looks for.
 each() {
     reason=$1
     shift
-    find "$@" -print >"$CHECK_TMP" 2>/dev/null || true
-    while IFS= read -r p; do problem "$p ($reason)"; done <"$CHECK_TMP"
+    report "$reason" "$(find "$@" -print 2>/dev/null || true)"
+}
+
+# report REASON LINES: one problem per line.
+report() {
+    [ -n "$2" ] || return 0
+    while IFS= read -r p; do problem "$p ($1)"; done <<LINES
+$2
+LINES
 }
 
 # check ROOT [CREATED]: everything the seal removes must be absent from ROOT.
@@ -54,7 +62,6 @@ check() {
     R=$1
     created=${2:-0}
     FOUND=0
-    CHECK_TMP=$(mktemp)
     each "SSH host key: every machine makes its own" "$R/etc/ssh" -maxdepth 1 -name 'ssh_host_*'
     if [ -s "$R/etc/machine-id" ]; then problem "$R/etc/machine-id (not empty)"; fi
     if [ -s "$R/var/lib/dbus/machine-id" ] && [ ! -L "$R/var/lib/dbus/machine-id" ]; then
@@ -102,13 +109,16 @@ check() {
     for d in etc root home var opt usr/local srv; do
         if [ -d "$R/$d" ]; then keys="$keys $R/$d"; fi
     done
-    # grep: 0 = found, 1 = none, 2 = an error (which must not pass as "none").
+    # grep: 0 = found, 1 = none, 2 = an error (which must not pass as "none"). With no
+    # folder at all it would search the current one, so it does not run then.
     rc=0
-    # shellcheck disable=SC2086
-    grep -rlIs -D skip -E -e "$PRIVATE_KEY" $keys >"$CHECK_TMP" || rc=$?
+    found=""
+    if [ -n "$keys" ]; then
+        # shellcheck disable=SC2086
+        found=$(grep -rlIs -D skip -E -e "$PRIVATE_KEY" $keys) || rc=$?
+    fi
     if [ "$rc" -gt 1 ]; then problem "grep for private keys failed ($rc)"; fi
-    while IFS= read -r p; do problem "$p (a private key)"; done <"$CHECK_TMP"
-    rm -f "$CHECK_TMP"
+    report "a private key" "$found"
     if [ "$FOUND" -gt 0 ]; then
         echo "goldsmith-seal: self-check failed: $FOUND thing(s) left on the machine"
         return 1

@@ -29,8 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .. import base_disk
-from .. import outputs, tools, vm
+from .. import base_disk, outputs, tools, vm
 from ..aws import amis, imds, keys, packer_vars, publish, reaper, report, twin
 from ..aws.clients import Aws
 from ..catalogue import AwsSettings

@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import base_disk
-from .. import disk, outputs, spec, tools, vm
+from .. import base_disk, disk, outputs, spec, tools, vm
 from ..errors import GoldsmithError
 from .contract import Bake, Plan, SealProof, Source, nothing
 

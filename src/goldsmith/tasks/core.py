@@ -8,9 +8,8 @@ import sys
 
 from invoke import Exit, task
 
-from .. import base_disk
+from .. import base_disk, targets
 from .. import setup as system_setup
-from .. import targets
 from ..catalogue import load
 from ..errors import GoldsmithError
 from ..paths import project_root
