@@ -364,6 +364,7 @@ def verify(root: Path, image: str | None = None, name: str | None = None) -> spe
         junit=junit,
         root=root,
         suite=f"verify-{dev.name}",
+        playbook=role_map.playbook,
     )
     _raise_failures(result, dev.name)
     tools.log("verify", f"{result.passed} passed; JUnit: {_rel(junit, root)}")
@@ -655,7 +656,14 @@ def spec_hosts(
             tools.log("spec", f"{t.name} ({t.url}): specs of {', '.join(covered)}")
             part = Path(tmp) / f"{i}.xml"
             results[t.name] = spec.run(
-                paths, hosts=t.url, junit=part, root=root, ssh_key=t.key, sudo=sudo, suite=t.name
+                paths,
+                hosts=t.url,
+                junit=part,
+                root=root,
+                ssh_key=t.key,
+                sudo=sudo,
+                suite=t.name,
+                playbook=role_map.playbook,
             )
             parts.append(part)
         if not results:

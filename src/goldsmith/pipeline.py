@@ -181,6 +181,7 @@ def shared_vars(bake: Bake) -> dict[str, Any]:
     for d in p.role_map.specs.values():
         spec_cmd += ["--spec", str(d)]
     spec_cmd += ["--junit", str(bake.live_junit), "--key", str(bake.key), "--root", str(p.root)]
+    spec_cmd += ["--playbook", str(p.role_map.playbook)]
     return {
         "image_name": p.image.name,
         "git_sha": bake.git["sha"],

@@ -91,8 +91,13 @@ def run(
     connection: str | None = None,
     suite: str = "spec",
     extra_env: dict[str, str] | None = None,
+    playbook: Path | None = None,
 ) -> SpecResult:
-    """Run pytest/testinfra over `paths` against `hosts`; return the parsed JUnit result."""
+    """Run pytest/testinfra over `paths` against `hosts`; return the parsed JUnit result.
+
+    `playbook`: the image's playbook, whose vars for a role the role's spec expects on
+    top of the role's defaults (GOLDSMITH_PLAYBOOK, read by tests/spec/conftest.py).
+    """
     if not paths:
         raise GoldsmithError("no specs to run")
     junit.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +128,8 @@ def run(
         if connection:
             argv.append(f"--connection={connection}")
         env = {"GOLDSMITH_ROOT": str(root), **(extra_env or {})}
+        if playbook:
+            env["GOLDSMITH_PLAYBOOK"] = str(playbook)
         try:
             code = tools.run(argv, prefix=suite, env=env, cwd=root, check=False)
         finally:
@@ -213,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--junit", type=Path, required=True)
     p.add_argument("--key", type=Path, required=True)
     p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--playbook", type=Path, required=True)
     args = p.parse_args(argv)
     host = os.environ.get("GOLDSMITH_SPEC_HOST", "127.0.0.1")
     port = os.environ.get("GOLDSMITH_SPEC_PORT", "22")
@@ -228,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         ssh_key=args.key,
         sudo=True,
         suite="spec",
+        playbook=args.playbook,
     )
     if not result.ok:
         for f in result.failures:

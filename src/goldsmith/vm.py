@@ -136,13 +136,17 @@ def overlay_on(image: Path, overlay: Path) -> None:
     )
 
 
-def smbios_credential(public_key: str, user: str = BUILD_USER) -> str:
+def smbios_credential(public_key: str, user: str = BUILD_USER, image_user: bool = False) -> str:
     """The -smbios value that hands `user` and `public_key` to the guest's credential unit.
 
-    Two OEM strings in one type 11 entry; a comma inside a value is doubled for QEMU.
+    OEM strings in one type 11 entry; a comma inside a value is doubled for QEMU.
+    `image_user`: the user stands for the image's own (an AMI's default user, which
+    exists before any build), so the seal keeps it; else the seal deletes it.
     """
     kind, blob = public_key.split()[:2]
     values = [f"goldsmith.build_user={user}", f"goldsmith.build_key={kind} {blob}"]
+    if image_user:
+        values.append("goldsmith.build_user_kept=1")
     return "type=11," + ",".join("value=" + v.replace(",", ",,") for v in values)
 
 
@@ -240,13 +244,15 @@ def up(
     timeout: float = 300,
     key: Path | None = None,
     user: str = BUILD_USER,
+    image_user: bool = False,
 ) -> VM:
     """Boot `name` from `image` (an overlay; the image is never written) and wait for SSH.
 
     `key`: an existing private key (its public half beside it, `<key>.pub`) to hand the
     guest instead of a fresh one, e.g. the build's key, which an AWS twin build also
     imports as the EC2 key pair. It is copied into the VM's folder. `user`: who logs in
-    with it (the guest's credential unit creates that user if it does not exist).
+    with it (the guest's credential unit creates that user if it does not exist);
+    `image_user`: see smbios_credential.
     """
     root = root or project_root()
     existing = status(name, root)
@@ -296,7 +302,7 @@ def up(
         "-serial",
         f"file:{vdir / 'serial.log'}",
         "-smbios",
-        smbios_credential(public, user),
+        smbios_credential(public, user, image_user),
     ]
     if accel == "tcg":
         argv[argv.index("-accel") + 1] = "tcg,thread=multi"

@@ -1,13 +1,16 @@
 """Shared fixtures of the testinfra specs.
 
 A spec lives in tests/spec/<role>/ and reads the values it checks from that role's
-roles/<role>/defaults/main.yml, the same values the role applies, so a changed default
-needs no spec edit. The role is the name of the folder the test file is in.
+roles/<role>/defaults/main.yml, with what the image's playbook sets for the role on top
+(play `vars:` and the role entry's `vars:`; the playbook is GOLDSMITH_PLAYBOOK, which
+every goldsmith spec run sets): the same values the role applies, so a changed default
+or playbook needs no spec edit. The role is the name of the folder the test file is in.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,28 +31,76 @@ def role_of(test_file: Path) -> str:
     return test_file.parent.name
 
 
-def load_defaults(role: str, root: Path = PROJECT_ROOT) -> dict[str, Any]:
-    """roles/<role>/defaults/main.yml as a dict; a clear error naming file and key if unusable."""
+class Expected(dict):
+    """A role's values; reading a templated one (known only on the machine) is an error.
+
+    A spec comparing with the template text would pass or fail by accident. Templated
+    values a spec does not read (e.g. OS names taken from vars/<OS>.yml) are fine.
+    """
+
+    def __init__(self, data: dict[str, Any], source: str) -> None:
+        super().__init__(data)
+        self.source = source
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        if "{{" in yaml.safe_dump(value):
+            raise SpecDefaultsError(
+                f"{self.source}: key {key!r} is templated ({value!r}); specs need literal values"
+            )
+        return value
+
+
+def _read_mapping(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecDefaultsError(f"{path}: not valid YAML: {e}") from e
+
+
+def load_defaults(role: str, root: Path = PROJECT_ROOT) -> Expected:
+    """roles/<role>/defaults/main.yml; a clear error naming the file if it is unusable."""
     path = root / "roles" / role / "defaults" / "main.yml"
     if not path.is_file():
         raise SpecDefaultsError(
             f"{path}: no defaults for role {role!r} (is the spec folder named after a role?)"
         )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SpecDefaultsError(f"{path}: not valid YAML: {e}") from e
+    data = _read_mapping(path) or {}
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise SpecDefaultsError(f"{path}: expected a mapping of variables, got {kind}")
-    for key, value in data.items():
-        # A templated default is only known on the target; a spec would compare against
-        # the template text and pass or fail by accident.
-        if "{{" in yaml.safe_dump(value):
-            raise SpecDefaultsError(
-                f"{path}: key {key!r} is templated ({value!r}); specs need literal defaults"
-            )
-    return data
+    return Expected(data, str(path))
+
+
+def playbook_vars(role: str, playbook: Path) -> dict[str, Any]:
+    """What `playbook` sets for `role`: each applying play's `vars:`, then the entry's own."""
+    plays = _read_mapping(playbook) or []
+    found: dict[str, Any] = {}
+    for play in plays if isinstance(plays, list) else []:
+        if not isinstance(play, dict):
+            continue
+        for entry in play.get("roles") or []:
+            name = entry if isinstance(entry, str) else entry.get("role") or entry.get("name")
+            if name != role:
+                continue
+            found |= play.get("vars") or {}
+            if isinstance(entry, dict):
+                found |= entry.get("vars") or {}
+    return found
+
+
+def expected(role: str, root: Path = PROJECT_ROOT) -> Expected:
+    """The role's defaults with what the image's playbook (GOLDSMITH_PLAYBOOK) sets."""
+    values = load_defaults(role, root)
+    source = values.source
+    playbook = os.environ.get("GOLDSMITH_PLAYBOOK", "").strip()
+    if playbook:
+        path = Path(playbook) if Path(playbook).is_absolute() else root / playbook
+        if not path.is_file():
+            raise SpecDefaultsError(f"GOLDSMITH_PLAYBOOK={playbook}: no such playbook")
+        values.update(playbook_vars(role, path))
+        source = f"{source} with {playbook}"
+    return Expected(dict(values), source)
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +110,9 @@ def role(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def defaults(role: str) -> dict[str, Any]:
-    """The role's defaults/main.yml: the values the spec expects on the machine."""
-    return load_defaults(role)
+def defaults(role: str) -> Expected:
+    """The values the spec expects on the machine: defaults, and the playbook's on top."""
+    return expected(role)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -223,12 +223,15 @@ class Amazon:
             name = f"twin-{bake.build_id}"
             bake.work.record(vms=[name])
             t = time.monotonic()
+            # The AMI's user exists before the build on EC2 (cloud-init made it), so the
+            # seal keeps it: on the stand-in too, or the twin would not prove what ships.
             bake.state["machine"] = vm.up(
                 name,
                 bake.source.disk,
                 root=plan.root,
                 key=bake.key,
                 user=bake.build_user,
+                image_user=True,
             )
             bake.timings["stand_in_boot"] = round(time.monotonic() - t, 1)
 
@@ -268,11 +271,11 @@ class Amazon:
         # A manifest without this run's AMI is a failed build.
         built = amis.parse_manifest(packer_manifest, "Packer's manifest", PACKER_BUILD_NAME)
         bake.state["ami"] = built.source_ami
+        # (The pipeline records Packer's manifest itself, with machine paths reduced.)
         return {
             "region": self.region(bake.plan),
             "ami": built.source_ami,
             "imdsv2": bake.state.get("imdsv2", {}),
-            "packer_manifest": packer_manifest,
         }
 
     def prove_seal(self, bake: Bake) -> SealProof:
@@ -289,7 +292,9 @@ class Amazon:
                 f"{bake.plan.image.name}: the stand-in VM did not power off within "
                 f"{POWEROFF_TIMEOUT_S:.0f}s of the seal; see {machine.dir / 'serial.log'}"
             )
-        proof = prove_on_disk(bake, machine.dir / "disk.qcow2", "no AMI published")
+        proof = prove_on_disk(
+            bake, machine.dir / "disk.qcow2", "no AMI published", build_user_kept=True
+        )
         proof.how = "the seal's self-check, and the hygiene spec on the stand-in's disk"
         return proof
 

@@ -12,8 +12,14 @@ from ..errors import GoldsmithError
 from .contract import Bake, Plan, SealProof, Source, nothing
 
 
-def prove_on_disk(bake: Bake, disk_image: Path, nothing_made: str) -> SealProof:
-    """Mount `disk_image` read-only and run the hygiene spec on it (testinfra chroot)."""
+def prove_on_disk(
+    bake: Bake, disk_image: Path, nothing_made: str, build_user_kept: bool = False
+) -> SealProof:
+    """Mount `disk_image` read-only and run the hygiene spec on it (testinfra chroot).
+
+    `build_user_kept`: the build user is the image's own (an AMI's), which the seal
+    keeps without its login; else it was made for the build and must be gone.
+    """
     plan = bake.plan
     tools.log("phase", "prove the seal on the sealed disk")
     with disk.mounted_readonly(disk_image, bake.work.path) as mnt:
@@ -24,7 +30,11 @@ def prove_on_disk(bake: Bake, disk_image: Path, nothing_made: str) -> SealProof:
             junit=bake.hygiene_junit,
             root=plan.root,
             suite="hygiene",
-            extra_env={"GOLDSMITH_HYGIENE": "sealed", "GOLDSMITH_BUILD_USER": bake.build_user},
+            extra_env={
+                "GOLDSMITH_HYGIENE": "sealed",
+                "GOLDSMITH_BUILD_USER": bake.build_user,
+                "GOLDSMITH_BUILD_USER_KEPT": "1" if build_user_kept else "0",
+            },
         )
         packages = disk.packages(mnt)
     if not hygiene.ok:

@@ -77,16 +77,3 @@ def test_unattended_upgrades_take_the_configured_origins_only(host, defaults):
     dump = _apt_config(host)
     patterns = re.findall(r'^Unattended-Upgrade::Origins-Pattern:: "(.*)";$', dump, re.M)
     assert patterns == defaults["base_unattended_upgrades_origins"]
-
-
-def test_security_archive_is_a_package_origin(host):
-    """Unattended security upgrades need apt to know the security archive as an origin.
-
-    `apt-cache policy` prints each archive's release fields (n= codename, l= label), the
-    fields base_unattended_upgrades_origins match on. (unattended-upgrade --dry-run says
-    the same but takes minutes under emulation.)
-    """
-    codename = host.system_info.codename
-    policy = host.check_output("apt-cache policy")
-    origins = [line for line in policy.splitlines() if "release " in line]
-    assert any(f"n={codename}-security" in o and "l=Debian-Security" in o for o in origins), policy

@@ -1,7 +1,7 @@
 """Spec of the `self_healing` role: the image's services come back when they die.
 
-Every service in `self_healing_services` that is installed on the machine (nginx is
-not on the base image: its checks are skipped there, by name) must carry the restart
+Every service in the playbook's `self_healing_services` that is installed on the machine
+must carry the restart
 policy, the crash-loop limit and the memory ceiling, as systemd and the kernel apply
 them, and must really come back after its main process is killed.
 """
@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import load_defaults
+from conftest import expected
 
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600, "d": 86400}
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -33,8 +33,9 @@ def size(value: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
 
 
-# Parametrized by the role's own list, so each service is reported by name.
-_SERVICES: list[dict[str, Any]] = load_defaults("self_healing")["self_healing_services"]
+# Parametrized by the list the image's playbook gives the role, so each service is
+# reported by name.
+_SERVICES: list[dict[str, Any]] = expected("self_healing")["self_healing_services"]
 
 
 @pytest.fixture(params=_SERVICES, ids=[s["name"] for s in _SERVICES])
