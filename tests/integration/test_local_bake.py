@@ -132,6 +132,8 @@ def leftovers(project: Path) -> list[str]:
 
 
 def start_build(project: Path, *args: str) -> subprocess.Popen:
+    """A build as a terminal starts it: Ctrl-C (SIGINT) reaches it even when this suite
+    runs in the background, whose shell started it with SIGINT ignored (inherited)."""
     return subprocess.Popen(
         [sys.executable, "-m", "invoke", "-r", str(ROOT), "build", *args],
         cwd=project,
@@ -139,6 +141,7 @@ def start_build(project: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
