@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, invoke, qemu_processes
 
-from goldsmith import dev, vm
+from goldsmith import devloop, vm
 from goldsmith.roles import resolve, role_defaults
 
 pytestmark = pytest.mark.bake
@@ -52,13 +52,13 @@ def dev_vm():
     invoke(ROOT, "down", "--name", NAME)  # left over from an interrupted run
     proc = invoke(ROOT, "up", "--image", "web", "--name", NAME)
     assert proc.returncode == 0, out(proc)[-3000:]
-    yield dev.find(ROOT, "web", NAME)
+    yield devloop.find(ROOT, "web", NAME)
     invoke(ROOT, "down", "--name", NAME)
     invoke(ROOT, "down", "--name", BARE)
 
 
 @pytest.fixture(scope="module")
-def converged(dev_vm: dev.DevVM) -> dev.DevVM:
+def converged(dev_vm: devloop.DevVM) -> devloop.DevVM:
     """`invoke converge`: the web playbook applied to the dev VM."""
     proc = invoke(ROOT, "converge", "--image", "web", "--name", NAME)
     assert proc.returncode == 0, out(proc)[-3000:]
@@ -66,7 +66,7 @@ def converged(dev_vm: dev.DevVM) -> dev.DevVM:
     return dev_vm
 
 
-def test_up_boots_a_dev_vm_from_the_base_kept_running(dev_vm: dev.DevVM) -> None:
+def test_up_boots_a_dev_vm_from_the_base_kept_running(dev_vm: devloop.DevVM) -> None:
     assert dev_vm.image == "web" and dev_vm.machine.running()
     assert set(dev_vm.machine.forwards) == {22, 80, 9100}
     assert ours(NAME), "the dev VM is not running"
@@ -80,7 +80,7 @@ def test_up_boots_a_dev_vm_from_the_base_kept_running(dev_vm: dev.DevVM) -> None
     assert proc.returncode == 0 and "already up" in proc.stdout
 
 
-def test_converge_applies_the_web_playbook_and_verify_passes(converged: dev.DevVM) -> None:
+def test_converge_applies_the_web_playbook_and_verify_passes(converged: devloop.DevVM) -> None:
     nginx = role_defaults("nginx", ROOT)
     body = http_get(converged.machine.forwards[80], nginx["nginx_health_path"])
     assert body.strip() == str(nginx["nginx_health_body"])
@@ -94,7 +94,7 @@ def test_converge_applies_the_web_playbook_and_verify_passes(converged: dev.DevV
     assert not [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
 
 
-def test_idempotence_passes_for_every_shipped_role(converged: dev.DevVM) -> None:
+def test_idempotence_passes_for_every_shipped_role(converged: devloop.DevVM) -> None:
     shipped = {p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir()}
     assert set(resolve(ROOT / "playbooks/web.yml", ROOT).roles) == shipped, (
         "the web playbook must apply every shipped role for this test to prove them all"
@@ -105,7 +105,7 @@ def test_idempotence_passes_for_every_shipped_role(converged: dev.DevVM) -> None
     assert re.search(rf"{NAME}\s+: ok=\d+\s+changed=0 ", proc.stdout)
 
 
-def test_spec_against_the_converged_vm_passes(converged: dev.DevVM, tmp_path: Path) -> None:
+def test_spec_against_the_converged_vm_passes(converged: devloop.DevVM, tmp_path: Path) -> None:
     m = converged.machine
     junit = tmp_path / "spec-junit.xml"
     proc = invoke(
@@ -125,11 +125,11 @@ def test_spec_against_the_converged_vm_passes(converged: dev.DevVM, tmp_path: Pa
     assert len(cases) > 5 and not [c for c in cases if c.find("failure") is not None]
 
 
-def test_spec_against_a_bare_base_vm_fails_naming_missing_pieces(converged: dev.DevVM) -> None:
+def test_spec_against_a_bare_base_vm_fails_naming_missing_pieces(converged: devloop.DevVM) -> None:
     proc = invoke(ROOT, "up", "--image", "web", "--name", BARE)
     assert proc.returncode == 0, out(proc)[-3000:]
     try:
-        bare = dev.find(ROOT, "web", BARE)
+        bare = devloop.find(ROOT, "web", BARE)
         proc = invoke(
             ROOT,
             "spec",
@@ -162,7 +162,7 @@ def nginx_only(project: Path) -> None:
 
 
 def test_a_non_idempotent_task_fails_idempotence_naming_it(
-    converged: dev.DevVM, scratch: Path
+    converged: devloop.DevVM, scratch: Path
 ) -> None:
     nginx_only(scratch)
     tasks = scratch / "roles/nginx/tasks/main.yml"
@@ -197,7 +197,7 @@ def test_dev_loop_marker_holds_the_health_body(host, defaults):
 
 
 def test_a_changed_task_is_applied_by_converge_and_checked_by_verify(
-    converged: dev.DevVM, scratch: Path
+    converged: devloop.DevVM, scratch: Path
 ) -> None:
     nginx_only(scratch)
     tasks = scratch / "roles/nginx/tasks/main.yml"
@@ -228,7 +228,7 @@ def test_a_changed_task_is_applied_by_converge_and_checked_by_verify(
     assert proc.returncode == 0, out(proc)[-3000:]
 
 
-def test_down_stops_and_removes_the_dev_vm(dev_vm: dev.DevVM) -> None:
+def test_down_stops_and_removes_the_dev_vm(dev_vm: devloop.DevVM) -> None:
     proc = invoke(ROOT, "down", "--image", "web", "--name", NAME)
     assert proc.returncode == 0
     assert vm.status(NAME, ROOT) is None

@@ -1,6 +1,6 @@
 """Ansible callback: record every changed task as one JSON line, beside the normal output.
 
-goldsmith's idempotence check (goldsmith.dev) enables it for the second converge and reads
+goldsmith's idempotence check (goldsmith.devloop) enables it for the second converge and reads
 the file it writes, so changed tasks are known by role, name, tags and host without
 scraping the human-readable output. It writes nothing unless GOLDSMITH_CHANGES_FILE is set.
 """

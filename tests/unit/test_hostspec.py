@@ -1,7 +1,7 @@
 """Specs against any host: host URLs, inventory expansion (real ansible-inventory), mapping.
 
 The last tests run real specs with testinfra's local backend on this machine, through the
-same path `invoke spec --inventory` takes, so the JUnit and the failure names are proved
+same path `./run spec --inventory` takes, so the JUnit and the failure names are proved
 without a VM.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from goldsmith import dev
+from goldsmith import hostspec
 from goldsmith.errors import GoldsmithError
 from goldsmith.roles import resolve
 
@@ -30,7 +30,7 @@ from goldsmith.roles import resolve
     ],
 )
 def test_host_urls_parse(text: str, expected: tuple) -> None:
-    assert dev.parse_host_url(text) == expected
+    assert hostspec.parse_host_url(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_host_urls_parse(text: str, expected: tuple) -> None:
 )
 def test_bad_host_urls_are_named(text: str, problem: str) -> None:
     with pytest.raises(GoldsmithError) as e:
-        dev.parse_host_url(text)
+        hostspec.parse_host_url(text)
     assert problem in str(e.value) and repr(text) in str(e.value)
 
 
@@ -59,7 +59,7 @@ def test_explicit_hosts_get_every_role_of_the_playbook(project) -> None:
     project.standard()
     role_map = resolve(project.root / "playbooks/web.yml", project.root)
     key = project.root / "id"
-    targets = dev.host_targets("ssh://admin@10.0.0.1:2200, ssh://[fe80::1]", role_map, key)
+    targets = hostspec.host_targets("ssh://admin@10.0.0.1:2200, ssh://[fe80::1]", role_map, key)
     assert [(t.name, t.url, t.key, t.roles) for t in targets] == [
         ("10.0.0.1:2200", "ssh://admin@10.0.0.1:2200", key, ("common", "nginx")),
         ("fe80::1", "ssh://[fe80::1]", key, ("common", "nginx")),
@@ -92,14 +92,14 @@ box1 ansible_connection=community.docker.docker
 
 
 @pytest.fixture(scope="module")
-def inventory(tmp_path_factory: pytest.TempPathFactory) -> dev.Inventory:
+def inventory(tmp_path_factory: pytest.TempPathFactory) -> hostspec.Inventory:
     """Read once per module: ansible-inventory takes seconds to start."""
     folder = tmp_path_factory.mktemp("inventory")
     (folder / "inventory.ini").write_text(INVENTORY)
-    return dev.load_inventory(folder / "inventory.ini", folder)
+    return hostspec.load_inventory(folder / "inventory.ini", folder)
 
 
-def test_ansible_inventory_reads_hosts_groups_and_children(inventory: dev.Inventory) -> None:
+def test_ansible_inventory_reads_hosts_groups_and_children(inventory: hostspec.Inventory) -> None:
     assert sorted(inventory.hosts) == ["box1", "ctl", "db1", "web1", "web2"]
     assert len(set(inventory.hosts)) == len(inventory.hosts)
     assert inventory.groups["prod"] == ["web1", "web2", "db1"]
@@ -125,19 +125,19 @@ def test_ansible_inventory_reads_hosts_groups_and_children(inventory: dev.Invent
     ],
 )
 def test_play_patterns_expand_as_ansible_does(
-    inventory: dev.Inventory, pattern: str, hosts: set[str]
+    inventory: hostspec.Inventory, pattern: str, hosts: set[str]
 ) -> None:
-    assert set(dev.expand_pattern(pattern, inventory)) == hosts
+    assert set(hostspec.expand_pattern(pattern, inventory)) == hosts
 
 
-def test_subscript_patterns_are_refused_clearly(inventory: dev.Inventory) -> None:
+def test_subscript_patterns_are_refused_clearly(inventory: hostspec.Inventory) -> None:
     with pytest.raises(GoldsmithError, match=r"subscripts \('web\[0\]'\) are not supported"):
-        dev.expand_pattern("web[0]", inventory)
+        hostspec.expand_pattern("web[0]", inventory)
 
 
 def test_a_missing_inventory_is_named(project) -> None:
     with pytest.raises(GoldsmithError, match="nope.ini does not exist"):
-        dev.load_inventory(project.root / "nope.ini", project.root)
+        hostspec.load_inventory(project.root / "nope.ini", project.root)
 
 
 TWO_PLAYS = """\
@@ -155,7 +155,7 @@ def test_each_host_gets_the_specs_of_the_plays_it_is_in(project, inventory) -> N
     project.playbook("web", text=TWO_PLAYS)
     role_map = resolve(project.root / "playbooks/web.yml", project.root)
     key = Path("/keys/default")
-    targets = {t.name: t for t in dev.inventory_targets(inventory, role_map, key)}
+    targets = {t.name: t for t in hostspec.inventory_targets(inventory, role_map, key)}
     assert set(targets) == {"web1", "web2", "db1"}
     assert targets["web1"].url == "ssh://admin@10.0.0.1:2222"
     assert targets["web1"].roles == ("common", "nginx")  # nginx's meta dependency first
@@ -171,7 +171,7 @@ def test_a_host_with_an_unsupported_connection_is_named(project, inventory) -> N
     project.playbook("web", text="- name: All\n  hosts: all\n  roles: [common]\n")
     role_map = resolve(project.root / "playbooks/web.yml", project.root)
     with pytest.raises(GoldsmithError, match="host box1: ansible_connection 'community.docker"):
-        dev.inventory_targets(inventory, role_map, None)
+        hostspec.inventory_targets(inventory, role_map, None)
 
 
 def test_no_host_matching_any_play_is_an_error(project, inventory) -> None:
@@ -179,7 +179,7 @@ def test_no_host_matching_any_play_is_an_error(project, inventory) -> None:
     project.playbook("web", text="- name: Caches\n  hosts: cache\n  roles: [common]\n")
     role_map = resolve(project.root / "playbooks/web.yml", project.root)
     with pytest.raises(GoldsmithError, match="no host matches the playbook's plays \\('cache'\\)"):
-        dev.inventory_targets(inventory, role_map, None)
+        hostspec.inventory_targets(inventory, role_map, None)
 
 
 # --- real specs, local backend ----------------------------------------------------------
@@ -200,7 +200,7 @@ def test_specs_run_against_an_inventory_host_and_write_junit(project, capsys) ->
         project, "def test_python_is_here(host):\n    assert host.exists('python3')\n"
     )
     junit = project.root / "out/junit.xml"
-    run = dev.spec_hosts(project.root, "web", inventory=inv, sudo=False, junit=junit)
+    run = hostspec.spec_hosts(project.root, "web", inventory=inv, sudo=False, junit=junit)
     assert run.uncovered == ("bare",)
     assert run.results["this-machine"].passed == 2  # common's spec and nginx's
     suites = ET.parse(junit).getroot()
@@ -216,7 +216,7 @@ def test_failing_specs_fail_naming_them(project) -> None:
         "    assert host.package('no-such-package-x').is_installed\n",
     )
     with pytest.raises(GoldsmithError) as e:
-        dev.spec_hosts(project.root, "web", inventory=inv, sudo=False)
+        hostspec.spec_hosts(project.root, "web", inventory=inv, sudo=False)
     assert "1 spec(s) failed" in str(e.value)
     assert "this-machine" in str(e.value) and "test_nginx_is_installed" in str(e.value)
     assert (project.root / "build/spec/web-junit.xml").is_file()
@@ -225,8 +225,10 @@ def test_failing_specs_fail_naming_them(project) -> None:
 def test_hosts_or_inventory_exactly_one(project) -> None:
     project.standard()
     with pytest.raises(GoldsmithError, match="either --hosts"):
-        dev.spec_hosts(project.root, "web")
+        hostspec.spec_hosts(project.root, "web")
     with pytest.raises(GoldsmithError, match="either --hosts"):
-        dev.spec_hosts(project.root, "web", hosts="ssh://a@b", inventory=project.root / "x")
+        hostspec.spec_hosts(project.root, "web", hosts="ssh://a@b", inventory=project.root / "x")
     with pytest.raises(GoldsmithError, match="--key: .*missing.pem does not exist"):
-        dev.spec_hosts(project.root, "web", hosts="ssh://a@b", key=project.root / "missing.pem")
+        hostspec.spec_hosts(
+            project.root, "web", hosts="ssh://a@b", key=project.root / "missing.pem"
+        )

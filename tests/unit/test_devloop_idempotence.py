@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from goldsmith import dev
+from goldsmith import devloop
 from goldsmith.errors import GoldsmithError
 
 
@@ -42,12 +42,12 @@ def stats(n: int, host: str = "dev-web") -> dict:
 
 
 def test_no_change_passes() -> None:
-    out = dev.parse_changes(record(START, stats(0)))
+    out = devloop.parse_changes(record(START, stats(0)))
     assert out.changed == [] and out.exempt == [] and out.counted == {"dev-web": 0}
 
 
 def test_every_changed_task_is_listed_with_role_and_name() -> None:
-    out = dev.parse_changes(
+    out = devloop.parse_changes(
         record(
             START,
             changed("Install nginx"),
@@ -63,9 +63,9 @@ def test_every_changed_task_is_listed_with_role_and_name() -> None:
     ]
 
 
-@pytest.mark.parametrize("tag", dev.EXEMPT_TAGS)
+@pytest.mark.parametrize("tag", devloop.EXEMPT_TAGS)
 def test_a_task_with_an_exempt_tag_is_not_counted(tag: str) -> None:
-    out = dev.parse_changes(
+    out = devloop.parse_changes(
         record(
             START, changed("Rotate the key", tags=("web", tag)), changed("Install nginx"), stats(2)
         )
@@ -76,19 +76,19 @@ def test_a_task_with_an_exempt_tag_is_not_counted(tag: str) -> None:
 
 def test_a_record_without_start_or_stats_is_an_error_not_a_pass() -> None:
     with pytest.raises(GoldsmithError, match="no complete run"):
-        dev.parse_changes([])
+        devloop.parse_changes([])
     with pytest.raises(GoldsmithError, match="no complete run"):
-        dev.parse_changes(record(START))  # ansible died before its recap
+        devloop.parse_changes(record(START))  # ansible died before its recap
 
 
 def test_changes_ansible_counted_but_nobody_recorded_are_an_error() -> None:
     with pytest.raises(GoldsmithError, match="counted 2 change"):
-        dev.parse_changes(record(START, changed("Install nginx"), stats(2)))
+        devloop.parse_changes(record(START, changed("Install nginx"), stats(2)))
 
 
 def test_a_line_that_is_not_json_is_named() -> None:
     with pytest.raises(GoldsmithError, match="line 2 is not JSON"):
-        dev.parse_changes([json.dumps(START), "oops"])
+        devloop.parse_changes([json.dumps(START), "oops"])
 
 
 ROLE_TASKS = """\
@@ -125,7 +125,7 @@ PLAYBOOK = """\
 """
 
 
-def run_playbook(tmp_path: Path, skip_tags: tuple[str, ...] = ()) -> dev.Changes:
+def run_playbook(tmp_path: Path, skip_tags: tuple[str, ...] = ()) -> devloop.Changes:
     (tmp_path / "roles/probe/tasks").mkdir(parents=True)
     (tmp_path / "roles/probe/handlers").mkdir(parents=True)
     (tmp_path / "roles/probe/tasks/main.yml").write_text(ROLE_TASKS)
@@ -148,11 +148,11 @@ def run_playbook(tmp_path: Path, skip_tags: tuple[str, ...] = ()) -> dev.Changes
         **os.environ,
         "ANSIBLE_ROLES_PATH": str(tmp_path / "roles"),
         "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
-        **dev.changes_env(changes_file),
+        **devloop.changes_env(changes_file),
     }
     proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return dev.parse_changes(changes_file.read_text().splitlines())
+    return devloop.parse_changes(changes_file.read_text().splitlines())
 
 
 def test_real_ansible_run_names_changed_tasks_and_exempts_tagged_ones(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_real_ansible_run_names_changed_tasks_and_exempts_tagged_ones(tmp_path: 
 
 
 def test_real_ansible_run_skips_exempt_tags_as_molecule_does(tmp_path: Path) -> None:
-    out = run_playbook(tmp_path, skip_tags=dev.EXEMPT_TAGS)
+    out = run_playbook(tmp_path, skip_tags=devloop.EXEMPT_TAGS)
     assert out.exempt == []
     assert [t.task for t in out.changed] == [
         "Run a command without changed_when",
