@@ -1,32 +1,65 @@
 """The specs of an image against any reachable host (after ansible_spec): a drift check.
 
-Each play's hosts pattern picks hosts from an Ansible inventory, and each host gets the
-specs of the roles of the plays it is in (meta dependencies included). With explicit
-`ssh://` hosts every role of the playbook applies to every host. A role without a spec is
-listed as uncovered.
+Hosts come either as SSH URLs (`--hosts`), where every role of the playbook applies to
+every host, or from an Ansible inventory (`--inventory`), where each play's `hosts:`
+pattern picks its hosts and each host gets the specs of the roles of the plays it is in
+(meta dependencies included). A role without a spec is listed as uncovered.
+
+The inventory is read by Ansible itself (its InventoryManager and VariableManager, in
+this process), so every inventory and pattern ansible-playbook accepts means the same
+here: any format or inventory plugin, group_vars and host_vars, `all`, `&`, `!`,
+wildcards, `~regex`, `[1:2]` subscripts, `:children`, templated connection variables.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import json
+import ipaddress
 import os
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
+
+from ansible.errors import AnsibleError
+from ansible.inventory.manager import InventoryManager
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import init_plugin_loader
+from ansible.template import Templar
+from ansible.utils.collection_loader import AnsibleCollectionConfig
+from ansible.utils.path import unfrackpath
+from ansible.vars.manager import VariableManager
 
 from . import spec, tools
 from .ansible_env import ansible_env
 from .catalogue import load
-from .errors import GoldsmithError, ToolError
-from .paths import build_dir, venv_bin
+from .errors import GoldsmithError
+from .paths import build_dir
 from .roles import RoleMap, resolve
 
+# --- hosts and SSH URLs -----------------------------------------------------------------
 
-def _rel(path: Path, root: Path) -> str:
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+@dataclass(frozen=True)
+class SshAddress:
+    """Where a host's SSH server answers, as `--hosts` or an inventory's variables say."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+    @property
+    def name(self) -> str:
+        """How logs and the JUnit suite name the host: `host`, or `host:port`."""
+        return f"{self.host}:{self.port}" if self.port else self.host
+
+    @property
+    def url(self) -> str:
+        """The testinfra host URL; an IPv6 address in brackets, as URLs need."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"ssh://{user}{host}{port}"
 
 
 @dataclass(frozen=True)
@@ -39,214 +72,253 @@ class Host:
     roles: tuple[str, ...]
 
 
-_PORT_RE = re.compile(r"^[0-9]{1,5}$")
+HOSTS_USAGE = "expected [ssh://][user@]host[:port], an IPv6 address in brackets"
+# A DNS name or an IPv4 address (as ssh and Ansible take them); IPv6 is checked apart.
+# Neither a host nor a user may start with '-': ssh would read it as an option.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
+_USER_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?")  # POSIX's portable names
 
 
-def parse_host_url(text: str) -> tuple[str | None, str, int | None]:
-    """`ssh://[user@]host[:port]` -> (user, host, port); a clear error otherwise."""
-    usage = "expected ssh://user@host[:port]"
+def parse_host_url(text: str) -> SshAddress:
+    """`[ssh://][user@]host[:port]` (IPv6 as `[::1]`) -> an SshAddress; a clear error otherwise.
+
+    urlsplit does the splitting; what it lets through but ssh would choke on (an empty
+    user, a password, a path, a port out of range, a host with spaces) is refused here,
+    naming the value, so a typo fails before any connection is tried.
+    """
     raw = text.strip()
-    if not raw.startswith("ssh://"):
-        raise GoldsmithError(f"--hosts: {text!r} is not an SSH URL ({usage})")
-    parts = urlsplit(raw)
+    if _is_ipv6(raw):  # a bare IPv6 address: its colons are not a port
+        return SshAddress(raw)
+    try:
+        parts = urlsplit(raw if "://" in raw else f"ssh://{raw}")
+    except ValueError as e:  # e.g. an unclosed '['
+        raise _bad_host(text, str(e)) from None
+    if parts.scheme != "ssh":
+        raise _bad_host(text, f"scheme {parts.scheme!r} is not ssh")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise GoldsmithError(f"--hosts: {text!r} has a path or query ({usage})")
-    netloc = parts.netloc
-    user = None
-    if "@" in netloc:
-        user_part, netloc = netloc.rsplit("@", 1)
-        user = unquote(user_part)
-        if not user or ":" in user:
-            raise GoldsmithError(
-                f"--hosts: {text!r}: bad user {user_part!r} (no passwords; {usage})"
-            )
-    port_text = ""
-    if netloc.startswith("["):  # IPv6: [::1]:22
-        host, _, rest = netloc[1:].partition("]")
-        if rest and not rest.startswith(":"):
-            raise GoldsmithError(f"--hosts: {text!r}: bad host ({usage})")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = netloc.partition(":")
-    if not host or not re.fullmatch(r"[A-Za-z0-9_.:%-]+", host):
-        raise GoldsmithError(f"--hosts: {text!r}: no host or a bad one ({usage})")
-    port = None
-    if port_text or netloc.endswith(":"):
-        if not _PORT_RE.match(port_text) or not 0 < int(port_text) < 65536:
-            raise GoldsmithError(f"--hosts: {text!r}: port {port_text!r} is not 1-65535")
-        port = int(port_text)
-    return user, host, port
+        raise _bad_host(text, "a path, query or fragment is not part of a host")
+    return SshAddress(_url_host(parts, text), _url_user(parts, text), _url_port(parts, text))
 
 
-def _url(user: str | None, host: str, port: int | None) -> str:
-    h = f"[{host}]" if ":" in host else host
-    return f"ssh://{user + '@' if user else ''}{h}{':' + str(port) if port else ''}"
+def _bad_host(text: str, problem: str) -> GoldsmithError:
+    return GoldsmithError(f"--hosts: {text!r}: {problem} ({HOSTS_USAGE})")
 
 
-def host_targets(hosts: str, role_map: RoleMap, key: Path | None) -> list[Host]:
-    """Targets for explicit URLs (comma-separated): every role of the playbook on each."""
-    targets = []
-    for text in [h for h in hosts.split(",") if h.strip()]:
-        user, host, port = parse_host_url(text)
-        name = f"{host}:{port}" if port else host
-        targets.append(Host(name, _url(user, host, port), key, role_map.roles))
-    if not targets:
-        raise GoldsmithError("--hosts: no host given")
-    return targets
+def _is_ipv6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+def _url_user(parts: SplitResult, text: str) -> str | None:
+    if parts.password is not None:
+        raise _bad_host(text, "no passwords in host URLs (use --key or the SSH agent)")
+    if parts.username is None:
+        return None
+    user = unquote(parts.username)
+    if not _USER_NAME.fullmatch(user):
+        raise _bad_host(text, f"user {user!r} is not a user name")
+    return user
+
+
+def _url_host(parts: SplitResult, text: str) -> str:
+    hostinfo = parts.netloc.rpartition("@")[2]
+    host = parts.hostname or ""
+    if hostinfo.startswith("["):
+        if not _is_ipv6(host):
+            raise _bad_host(text, f"[{host}] is not an IPv6 address")
+        return host
+    if hostinfo.count(":") > 1:
+        raise _bad_host(text, "an IPv6 address goes in brackets, as in ssh://user@[::1]:22")
+    if not host:
+        raise _bad_host(text, "no host")
+    if not _HOST_NAME.fullmatch(host):
+        as_given = hostinfo.partition(":")[0]  # urlsplit's hostname is lowercased
+        raise _bad_host(text, f"host {as_given!r} is not a host name or address")
+    return host
+
+
+def _url_port(parts: SplitResult, text: str) -> int | None:
+    hostinfo = parts.netloc.rpartition("@")[2]
+    after_host = hostinfo.rpartition("]")[2] if hostinfo.startswith("[") else hostinfo
+    _, colon, port_text = after_host.partition(":")
+    if not colon:
+        return None
+    try:
+        port = parts.port
+    except ValueError:  # not digits, or above 65535
+        port = None
+    if port is None or not 0 < port < 65536:
+        raise _bad_host(text, f"port {port_text!r} is not a number from 1 to 65535")
+    return port
+
+
+def url_hosts(hosts: str, role_map: RoleMap, key: Path | None) -> list[Host]:
+    """Hosts from `--hosts` (comma-separated URLs): every role of the playbook on each."""
+    found: dict[str, Host] = {}
+    for text in (h for h in hosts.split(",") if h.strip()):
+        address = parse_host_url(text)
+        if address.name in found:
+            raise GoldsmithError(f"--hosts: {address.name} is given twice")
+        found[address.name] = Host(address.name, address.url, key, role_map.roles)
+    if not found:
+        raise GoldsmithError(f"--hosts: no host given ({HOSTS_USAGE})")
+    return list(found.values())
+
+
+# --- inventories ------------------------------------------------------------------------
+
+
+class _InventoryManager(InventoryManager):
+    """Ansible's inventory manager, remembering which sources a plugin could read.
+
+    Ansible only warns when no plugin reads a source (and then offers an inventory of an
+    implicit localhost); goldsmith makes that an error naming the file.
+    """
+
+    def __init__(self, loader: DataLoader, source: str) -> None:
+        self.parsed: dict[str, bool] = {}
+        super().__init__(loader, sources=[source])
+
+    def parse_source(self, source: str, cache: bool = False) -> bool:
+        self.parsed[source] = super().parse_source(source, cache=cache)
+        return self.parsed[source]
 
 
 @dataclass
 class Inventory:
-    """An Ansible inventory as `ansible-inventory --list` gives it."""
+    """An inventory as Ansible reads it, and the file it came from (for messages)."""
 
     path: Path
-    hosts: list[str]  # in inventory order
-    hostvars: dict[str, dict]
-    groups: dict[str, list[str]]  # group -> every host in it or its children
+    loader: DataLoader
+    manager: InventoryManager
+    variables: VariableManager
+
+
+def _init_collections(root: Path) -> None:
+    """Let inventory plugins come from the project's collections, as in its Ansible runs.
+
+    Ansible's collection loader is installed once per process: the first project to read
+    an inventory decides where collections are found (the CLI reads one project).
+    """
+    if AnsibleCollectionConfig.collection_finder is None:
+        paths = ansible_env(root)["ANSIBLE_COLLECTIONS_PATH"].split(os.pathsep)
+        init_plugin_loader(paths)
 
 
 def load_inventory(path: Path, root: Path) -> Inventory:
-    """Read `path` with the real `ansible-inventory --list` (any format, plugins, vars)."""
+    """Read `path` as ansible-playbook would: any format, plugin, group_vars, host_vars."""
     if not path.exists():
         raise GoldsmithError(f"--inventory: {path} does not exist")
+    _init_collections(root)
+    source = unfrackpath(str(path), follow=False)
+    loader = DataLoader()
     try:
-        out = tools.capture(
-            [venv_bin("ansible-inventory"), "-i", str(path), "--list"],
-            env={**os.environ, **ansible_env(root)},
-            cwd=root,
-        )
-    except ToolError as e:
-        raise GoldsmithError(f"--inventory: ansible-inventory cannot read {path}: {e}") from None
-    data = json.loads(out)
-    hostvars = data.get("_meta", {}).get("hostvars", {})
-    groups: dict[str, list[str]] = {}
-
-    def members(group: str, chain: tuple[str, ...] = ()) -> list[str]:
-        if group in groups:
-            return groups[group]
-        node = data.get(group, {})
-        found = list(node.get("hosts", []))
-        for child in node.get("children", []):
-            if child not in chain:
-                found.extend(members(child, (*chain, group)))
-        groups[group] = list(dict.fromkeys(found))
-        return groups[group]
-
-    order = members("all")
-    for group in data:
-        if group != "_meta":
-            members(group)
-    for h in hostvars:  # hosts only in _meta (rare) still count
-        if h not in order:
-            order.append(h)
-    groups["all"] = order
-    return Inventory(path, order, hostvars, groups)
-
-
-def _split_pattern(pattern: str) -> list[str]:
-    # Ansible splits on commas, else on colons (a bare IPv6 address has too many colons).
-    if "," in pattern:
-        terms = pattern.split(",")
-    elif pattern.count(":") > 1 and not any(c in pattern for c in "!&"):
-        terms = [pattern]
-    else:
-        terms = pattern.split(":")
-    return [t.strip() for t in terms if t.strip()]
-
-
-def _match_term(term: str, inv: Inventory, pattern: str) -> list[str]:
-    if term in ("all", "*"):
-        return list(inv.hosts)
-    if "[" in term and term.endswith("]") and not term.startswith("~"):
+        manager = _InventoryManager(loader, source)
+    except AnsibleError as e:
+        raise GoldsmithError(f"--inventory: Ansible cannot read {path}: {e.message}") from None
+    if not manager.parsed.get(source):
         raise GoldsmithError(
-            f"hosts pattern {pattern!r}: subscripts ({term!r}) are not supported; "
-            "name the group or hosts"
+            f"--inventory: Ansible cannot read {path} as an inventory "
+            "(its reasons are in the warnings above)"
         )
-    if term in inv.groups:
-        return list(inv.groups[term])
-    if term in inv.hostvars:
-        return [term]
-    if term.startswith("~"):
-        regex = re.compile(term[1:])
-        match = regex.match
-    else:
-        regex = re.compile(fnmatch.translate(term))
-        match = regex.match
-    found: list[str] = []
-    for group, hosts in inv.groups.items():
-        if match(group):
-            found.extend(hosts)
-    found.extend(h for h in inv.hosts if match(h))
-    return list(dict.fromkeys(found))
+    return Inventory(path, loader, manager, VariableManager(loader=loader, inventory=manager))
 
 
 def expand_pattern(pattern: str, inv: Inventory) -> list[str]:
-    """The hosts a play's `hosts:` pattern selects (unions, `&` intersections, `!` exclusions)."""
-    terms = _split_pattern(pattern)
-    plain = [t for t in terms if t[0] not in "&!"]
-    inter = [t[1:] for t in terms if t[0] == "&"]
-    excl = [t[1:] for t in terms if t[0] == "!"]
-    selected: set[str] = set()
-    for t in plain or (["all"] if inter or excl else []):
-        selected |= set(_match_term(t, inv, pattern))
-    for t in inter:
-        selected &= set(_match_term(t, inv, pattern))
-    for t in excl:
-        selected -= set(_match_term(t, inv, pattern))
-    return [h for h in inv.hosts if h in selected]
+    """The hosts a play's `hosts:` pattern selects, in Ansible's order, as Ansible selects them."""
+    if "{{" in pattern:
+        raise GoldsmithError(
+            f"hosts pattern {pattern!r} is templated: goldsmith cannot tell which hosts of "
+            f"{inv.path} it means"
+        )
+    try:
+        return [h.name for h in inv.manager.get_hosts(pattern)]
+    except AnsibleError as e:
+        raise GoldsmithError(f"{inv.path}: hosts pattern {pattern!r}: {e.message}") from None
 
 
+# Ansible's own names of each connection variable, the preferred first.
+_ADDRESS_VARS = ("ansible_host", "ansible_ssh_host")
+_PORT_VARS = ("ansible_port", "ansible_ssh_port")
+_USER_VARS = ("ansible_user", "ansible_ssh_user")
+_KEY_VARS = ("ansible_ssh_private_key_file", "ansible_private_key_file")
 _SSH_CONNECTIONS = ("ssh", "smart", "paramiko", "paramiko_ssh", "ansible.builtin.ssh")
+_LOCAL_CONNECTIONS = ("local", "ansible.builtin.local")
 
 
-def inventory_targets(inv: Inventory, role_map: RoleMap, key: Path | None) -> list[Host]:
+class _HostVars:
+    """One host's variables as a play would see them, connection variables templated."""
+
+    def __init__(self, inv: Inventory, name: str) -> None:
+        self.inv = inv
+        self.name = name
+        self.values = inv.variables.get_vars(
+            host=inv.manager.get_host(name), include_hostvars=False
+        )
+        self.templar = Templar(loader=inv.loader, variables=self.values)
+
+    def get(self, names: tuple[str, ...]) -> str | None:
+        """The first of `names` the host has, templated as Ansible would; None if none is set."""
+        var = next((n for n in names if self.values.get(n) is not None), None)
+        if var is None:
+            return None
+        try:
+            return str(self.templar.template(self.values[var]))
+        except AnsibleError as e:
+            raise GoldsmithError(
+                f"{self.inv.path}: host {self.name}: {var} {str(self.values[var])!r}: {e.message}"
+            ) from None
+
+    def port(self) -> int | None:
+        text = self.get(_PORT_VARS)
+        if text is None:
+            return None
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise GoldsmithError(
+                f"{self.inv.path}: host {self.name}: ansible_port {text!r} "
+                "is not a number from 1 to 65535"
+            )
+        return int(text)
+
+
+def _inventory_host(inv: Inventory, name: str, roles: tuple[str, ...], key: Path | None) -> Host:
+    """`name`'s testinfra URL and key from its connection variables (`--key` as fallback)."""
+    hv = _HostVars(inv, name)
+    connection = hv.get(("ansible_connection",)) or "ssh"
+    host_key = hv.get(_KEY_VARS)
+    if connection in _LOCAL_CONNECTIONS:
+        url = "local://"
+    elif connection in _SSH_CONNECTIONS:
+        url = SshAddress(hv.get(_ADDRESS_VARS) or name, hv.get(_USER_VARS), hv.port()).url
+    else:
+        raise GoldsmithError(
+            f"{inv.path}: host {name}: ansible_connection {connection!r} is not supported "
+            "(specs run over ssh or locally)"
+        )
+    return Host(name, url, Path(host_key).expanduser() if host_key else key, roles)
+
+
+def inventory_hosts(inv: Inventory, role_map: RoleMap, key: Path | None) -> list[Host]:
     """Each host the playbook's plays select, with the roles of the plays it is in."""
     roles_of: dict[str, list[str]] = {}
     for play in role_map.plays:
-        for h in expand_pattern(play.hosts or "all", inv):
-            roles_of.setdefault(h, []).extend(play.roles)
-    targets = []
-    for h in inv.hosts:
-        if h not in roles_of:
-            continue
-        hv = inv.hostvars.get(h, {})
-        for var, value in hv.items():
-            if var.startswith("ansible_") and isinstance(value, str) and "{{" in value:
-                raise GoldsmithError(
-                    f"{inv.path}: host {h}: {var} is templated ({value!r}); "
-                    "goldsmith needs literal connection variables"
-                )
-        connection = str(hv.get("ansible_connection", "ssh"))
-        host_key = hv.get("ansible_ssh_private_key_file") or hv.get("ansible_private_key_file")
-        if connection in ("local", "ansible.builtin.local"):
-            url = "local://"
-        elif connection in _SSH_CONNECTIONS:
-            port = hv.get("ansible_port", hv.get("ansible_ssh_port"))
-            user = hv.get("ansible_user", hv.get("ansible_ssh_user"))
-            try:
-                port_num = int(port) if port is not None else None
-            except (TypeError, ValueError):
-                raise GoldsmithError(
-                    f"{inv.path}: host {h}: ansible_port {port!r} is not a number"
-                ) from None
-            url = _url(user, str(hv.get("ansible_host", h)), port_num)
-        else:
-            raise GoldsmithError(
-                f"{inv.path}: host {h}: ansible_connection {connection!r} is not supported "
-                "(specs run over ssh or locally)"
-            )
-        targets.append(
-            Host(
-                h,
-                url,
-                Path(host_key).expanduser() if host_key else key,
-                tuple(dict.fromkeys(roles_of[h])),
-            )
-        )
-    if not targets:
+        selected = expand_pattern(play.hosts or "all", inv)
+        if not selected:
+            tools.log("spec", f"hosts pattern {play.hosts!r} selects no host of {inv.path}")
+        for name in selected:
+            roles_of.setdefault(name, []).extend(play.roles)
+    if not roles_of:
         patterns = ", ".join(repr(p.hosts) for p in role_map.plays)
         raise GoldsmithError(f"{inv.path}: no host matches the playbook's plays ({patterns})")
-    return targets
+    return [
+        _inventory_host(inv, name, tuple(dict.fromkeys(roles)), key)
+        for name, roles in roles_of.items()
+    ]
+
+
+# --- running the specs ------------------------------------------------------------------
 
 
 @dataclass
@@ -266,7 +338,7 @@ class SpecRun:
         ]
 
 
-def spec_hosts(
+def run(
     root: Path,
     image: str,
     *,
@@ -285,41 +357,50 @@ def spec_hosts(
     role_map = resolve(img.playbook, root)
     spec.report_coverage(role_map)
     if inventory is not None:
-        targets = inventory_targets(load_inventory(inventory, root), role_map, key)
+        selected = inventory_hosts(load_inventory(inventory, root), role_map, key)
     else:
-        targets = host_targets(hosts or "", role_map, key)
+        selected = url_hosts(hosts or "", role_map, key)
     junit = junit or build_dir(root) / "spec" / f"{image}-junit.xml"
-    results: dict[str, spec.SpecResult] = {}
-    with tempfile.TemporaryDirectory(prefix="goldsmith-spec-") as tmp:
-        parts = []
-        for i, t in enumerate(targets):
-            paths = [role_map.specs[r] for r in t.roles if r in role_map.specs]
-            if not paths:
-                tools.log("spec", f"{t.name}: none of its roles ({', '.join(t.roles)}) has a spec")
-                continue
-            covered = [r for r in t.roles if r in role_map.specs]
-            tools.log("spec", f"{t.name} ({t.url}): specs of {', '.join(covered)}")
-            part = Path(tmp) / f"{i}.xml"
-            results[t.name] = spec.run(
-                paths,
-                hosts=t.url,
-                junit=part,
-                root=root,
-                ssh_key=t.key,
-                sudo=sudo,
-                suite=t.name,
-                playbook=role_map.playbook,
-            )
-            parts.append(part)
-        if not results:
-            raise GoldsmithError(f"{image}: none of its roles has a spec in tests/spec/")
-        spec.merge_junit(parts, junit)
-    run = SpecRun(junit, results, role_map.uncovered)
-    tools.log("spec", f"JUnit: {_rel(junit, root)}")
-    if run.failures:
+    results = _run_each(selected, role_map, root, sudo, junit)
+    if not results:
+        raise GoldsmithError(f"{image}: none of its roles has a spec in tests/spec/")
+    outcome = SpecRun(junit, results, role_map.uncovered)
+    tools.log("spec", f"JUnit: {junit.relative_to(root) if junit.is_relative_to(root) else junit}")
+    if outcome.failures:
         raise GoldsmithError(
-            f"{image}: {len(run.failures)} spec(s) failed:\n  " + "\n  ".join(run.failures)
+            f"{image}: {len(outcome.failures)} spec(s) failed:\n  " + "\n  ".join(outcome.failures)
         )
     passed = sum(r.passed for r in results.values())
     tools.log("spec", f"{passed} passed on {len(results)} host(s)")
-    return run
+    return outcome
+
+
+def _run_each(
+    selected: list[Host], role_map: RoleMap, root: Path, sudo: bool, junit: Path
+) -> dict[str, spec.SpecResult]:
+    """Each host's specs, one pytest run per host; their JUnit merged into `junit`."""
+    results: dict[str, spec.SpecResult] = {}
+    with tempfile.TemporaryDirectory(prefix="goldsmith-spec-") as tmp:
+        parts = []
+        for i, host in enumerate(selected):
+            covered = [r for r in host.roles if r in role_map.specs]
+            if not covered:
+                roles = ", ".join(host.roles)
+                tools.log("spec", f"{host.name}: none of its roles ({roles}) has a spec")
+                continue
+            tools.log("spec", f"{host.name} ({host.url}): specs of {', '.join(covered)}")
+            part = Path(tmp) / f"{i}.xml"
+            results[host.name] = spec.run(
+                [role_map.specs[r] for r in covered],
+                hosts=host.url,
+                junit=part,
+                root=root,
+                ssh_key=host.key,
+                sudo=sudo,
+                suite=host.name,
+                playbook=role_map.playbook,
+            )
+            parts.append(part)
+        if results:
+            spec.merge_junit(parts, junit)
+    return results

@@ -39,7 +39,7 @@ def require_image(catalogue: Catalogue, image: str | None, task: str) -> str:
     """`--image` is needed: say which images there are when it is missing or unknown."""
     known = ", ".join(sorted(catalogue.images))
     if not image:
-        raise GoldsmithError(f"`./run {task}` needs --image NAME (images: {known})")
+        raise GoldsmithError(f"--image is required: ./run {task} --image NAME (images: {known})")
     if image not in catalogue.images:
         raise GoldsmithError(f"images.yml: no image named {image!r} (images: {known})")
     return image

@@ -10,8 +10,9 @@ import os
 from invoke import task
 
 from .. import devloop
+from ..catalogue import load
 from ..paths import project_root
-from .common import user_errors
+from .common import require_image, user_errors
 
 IMAGE_HELP = "image (a key of `images` in images.yml); default: the only dev VM up"
 NAME_HELP = "dev VM name (default: dev-<image>)"
@@ -19,14 +20,15 @@ NAME_HELP = "dev VM name (default: dev-<image>)"
 
 @task(
     help={
-        "image": "image whose base the dev VM boots (a key of `images` in images.yml)",
+        "image": "image whose base the dev VM boots (a key of `images` in images.yml; required)",
         "name": NAME_HELP,
     }
 )
 @user_errors
-def up(c, image, name=None):
+def up(c, image=None, name=None):
     """Boot a dev VM from the image's base and keep it running (SSH, ports 80 and 9100)."""
-    dev = devloop.up(project_root(), image, name)
+    root = project_root()
+    dev = devloop.up(root, require_image(load(root / "images.yml"), image, "up"), name)
     print(f"{dev.name}: {dev.machine.url()} (key {dev.machine.key})")
 
 
