@@ -44,6 +44,8 @@ EXEMPT_TAGS = ("molecule-idempotence-notest", "goldsmith-idempotence-notest")
 CALLBACK_DIR = Path(__file__).parent / "ansible_plugins" / "callback"
 CALLBACK = "goldsmith_changes"
 DEV_FILE = "dev.json"
+_GROUP = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_SUBSCRIPT = re.compile(r"\[[0-9:-]*\]$")
 
 
 # --- dev VMs ----------------------------------------------------------------------------
@@ -146,13 +148,23 @@ def login_argv(dev: DevVM, command: str | None = None) -> list[str]:
 
 
 def play_groups(role_map: RoleMap) -> list[str]:
-    """Group names the plays' hosts patterns use, so the dev VM is in every play."""
+    """The groups to put the dev VM in so that every play selects it.
+
+    Patterns are split as Ansible splits them. A group a play excludes (`!canary`) is left
+    out, or that play would skip the VM; a subscript (`web[0]`) names its group; regexes
+    and wildcards name none (the VM is then selected only if its name matches).
+    """
+    # Imported here: Ansible loads in a second, which only a converge needs to spend.
+    from ansible.inventory.manager import split_host_pattern
+
     groups: list[str] = []
     for play in role_map.plays:
-        for term in re.split(r"[,:]", play.hosts):
-            term = term.strip().lstrip("&!")
-            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", term) and term not in ("all", "ungrouped"):
-                groups.append(term)
+        for term in split_host_pattern(play.hosts or "all"):
+            if term.startswith("!"):
+                continue
+            name = _SUBSCRIPT.sub("", term.lstrip("&"))
+            if _GROUP.fullmatch(name) and name not in ("all", "ungrouped"):
+                groups.append(name)
     return list(dict.fromkeys(groups))
 
 
