@@ -98,3 +98,11 @@ def test_every_task_answers_help() -> None:
     bad = {n: r.stdout + r.stderr for n, r in results.items() if r.returncode != 0}
     assert bad == {}
     assert all("Usage: inv" in r.stdout for r in results.values())
+
+
+def test_a_missing_image_is_named_with_the_command_to_type() -> None:
+    for task in ("up", "spec"):
+        proc = invoke(task)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"error: --image is required: ./run {task} --image NAME (images: " in proc.stderr
+        assert "Traceback" not in proc.stderr
