@@ -1,9 +1,10 @@
 """The role developer's loop on a real VM, and specs against any host.
 
 One dev VM for the web image serves the whole module (a converge under TCG takes
-minutes): up, converge, verify, idempotence of every shipped role, `invoke spec` against
-it and against a bare base VM, then edits in throwaway copies of the project (their
-.cache is the real one, so they reach the same VM by name), then down.
+minutes): up, converge, verify, idempotence of every shipped role, `./run spec` against
+it (by address and by inventory) and against a bare base VM, then edits in throwaway
+copies of the project (their .cache is the real one, so they reach the same VM by name),
+then down.
 Tests run in file order; the ones that edit the VM's roles come last.
 """
 
@@ -46,9 +47,16 @@ def out(proc) -> str:
     return proc.stdout + proc.stderr
 
 
+def passed_cases(junit: Path) -> list[ET.Element]:
+    """The JUnit's test cases, asserting none failed."""
+    cases = list(ET.parse(junit).getroot().iter("testcase"))
+    assert not [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
+    return cases
+
+
 @pytest.fixture(scope="module")
 def dev_vm():
-    """`invoke up --image web`: a dev VM kept running for the module; down at the end."""
+    """`./run up --image web`: a dev VM kept running for the module; down at the end."""
     invoke(ROOT, "down", "--name", NAME)  # left over from an interrupted run
     proc = invoke(ROOT, "up", "--image", "web", "--name", NAME)
     assert proc.returncode == 0, out(proc)[-3000:]
@@ -59,7 +67,7 @@ def dev_vm():
 
 @pytest.fixture(scope="module")
 def converged(dev_vm: devloop.DevVM) -> devloop.DevVM:
-    """`invoke converge`: the web playbook applied to the dev VM."""
+    """`./run converge`: the web playbook applied to the dev VM."""
     proc = invoke(ROOT, "converge", "--image", "web", "--name", NAME)
     assert proc.returncode == 0, out(proc)[-3000:]
     assert "PLAY RECAP" in proc.stdout and "failed=0" in proc.stdout
@@ -88,10 +96,7 @@ def test_converge_applies_the_web_playbook_and_verify_passes(converged: devloop.
 
     proc = invoke(ROOT, "verify", "--image", "web", "--name", NAME)
     assert proc.returncode == 0, out(proc)[-3000:]
-    junit = ROOT / "build/dev" / f"{NAME}-junit.xml"
-    cases = list(ET.parse(junit).getroot().iter("testcase"))
-    assert len(cases) > 5
-    assert not [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
+    assert len(passed_cases(ROOT / "build/dev" / f"{NAME}-junit.xml")) > 5
 
 
 def test_idempotence_passes_for_every_shipped_role(converged: devloop.DevVM) -> None:
@@ -114,15 +119,42 @@ def test_spec_against_the_converged_vm_passes(converged: devloop.DevVM, tmp_path
         "--image",
         "web",
         "--hosts",
-        f"ssh://goldsmith@127.0.0.1:{m.ssh_port}",
+        f"goldsmith@127.0.0.1:{m.ssh_port}",  # no scheme: ssh:// is implied
         "--key",
         str(m.key),
         "--junit",
         str(junit),
     )
     assert proc.returncode == 0, out(proc)[-3000:]
-    cases = list(ET.parse(junit).getroot().iter("testcase"))
-    assert len(cases) > 5 and not [c for c in cases if c.find("failure") is not None]
+    assert len(passed_cases(junit)) > 5
+
+
+def test_spec_by_inventory_reads_group_vars_and_patterns(
+    converged: devloop.DevVM, tmp_path: Path
+) -> None:
+    """The VM reached through an inventory Ansible reads: a range, :children, group_vars."""
+    m = converged.machine
+    (tmp_path / "inventory.ini").write_text("[dev]\ndev-web[1:1]\n\n[fleet:children]\ndev\n")
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars/fleet.yml").write_text(
+        f"ansible_host: 127.0.0.1\nansible_port: {m.ssh_port}\nansible_user: goldsmith\n"
+        f"ansible_ssh_private_key_file: {m.key}\n"
+    )
+    junit = tmp_path / "spec-junit.xml"
+    proc = invoke(
+        ROOT,
+        "spec",
+        "--image",
+        "web",
+        "--inventory",
+        str(tmp_path / "inventory.ini"),
+        "--junit",
+        str(junit),
+    )
+    assert proc.returncode == 0, out(proc)[-3000:]
+    assert f"dev-web1 (ssh://goldsmith@127.0.0.1:{m.ssh_port})" in proc.stdout
+    suites = [s.get("name") for s in ET.parse(junit).getroot().iter("testsuite")]
+    assert suites == ["dev-web1"] and len(passed_cases(junit)) > 5
 
 
 def test_spec_against_a_bare_base_vm_fails_naming_missing_pieces(converged: devloop.DevVM) -> None:
@@ -147,7 +179,7 @@ def test_spec_against_a_bare_base_vm_fails_naming_missing_pieces(converged: devl
     assert any("nginx" in line for line in failed), proc.stderr[-3000:]
     assert any("node_exporter" in line for line in failed), proc.stderr[-3000:]
     assert (ROOT / "build/spec/web-junit.xml").is_file()
-    assert not ours(BARE), "the bare VM outlived `invoke down`"
+    assert not ours(BARE), "the bare VM outlived `./run down`"
 
 
 def nginx_only(project: Path) -> None:
@@ -232,6 +264,6 @@ def test_down_stops_and_removes_the_dev_vm(dev_vm: devloop.DevVM) -> None:
     proc = invoke(ROOT, "down", "--image", "web", "--name", NAME)
     assert proc.returncode == 0
     assert vm.status(NAME, ROOT) is None
-    assert not ours(NAME, BARE), "a qemu of this module outlived `invoke down`"
+    assert not ours(NAME, BARE), "a qemu of this module outlived `./run down`"
     proc = invoke(ROOT, "converge", "--image", "web", "--name", NAME)
     assert proc.returncode != 0 and f"dev VM {NAME} is not up" in proc.stderr
