@@ -21,7 +21,7 @@ pytestmark = pytest.mark.bake
 
 @pytest.fixture(scope="module")
 def baked_base() -> Path:
-    """`invoke build --image base` in the real project (reused by later tests of the suite)."""
+    """`./run build --image base` in the real project (reused by later tests of the suite)."""
     proc = invoke(ROOT, "build", "--image", "base", "--force")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     return ROOT / "build" / "base" / "local"
