@@ -81,10 +81,12 @@ def inputs(
     files += [root / "roles" / r for r in role_map.roles]
     files += list(role_map.specs.values())
     for f in _files(files):
-        if f.is_relative_to(root):
-            name = str(f.relative_to(root))
-        else:
+        # goldsmith's own files by one name, whether or not the package sits in the
+        # project (an editable install in a checkout, or a wheel in a virtualenv).
+        if f.is_relative_to(PACKAGE):
             name = f"goldsmith/{f.relative_to(PACKAGE)}"
+        else:
+            name = str(f.relative_to(root))
         out[name] = _sha(f.read_bytes())
     return out
 

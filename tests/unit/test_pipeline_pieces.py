@@ -45,6 +45,9 @@ def test_fingerprint_is_the_same_in_any_folder(tmp_path: Path) -> None:
     assert a == b and fingerprint.of(a) == fingerprint.of(b)
     assert "playbooks/web.yml" in a and "roles/nginx/tasks/main.yml" in a
     assert not any(str(tmp_path) in k for k in a)
+    # The checkout goldsmith itself is installed from (editable) names its files alike.
+    assert inputs_of(ROOT) == a
+    assert "goldsmith/data/seal.sh" in a and not any(k.startswith("src/") for k in a)
 
 
 def test_fingerprint_names_what_changed(tmp_path: Path) -> None:
