@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import yaml
 
 from goldsmith import roles
 from goldsmith.roles import Play, RoleError
@@ -278,3 +280,54 @@ def test_role_defaults(project: Project) -> None:
     project.write("roles/bad/defaults/main.yml", "- a list\n")
     with pytest.raises(RoleError, match="roles/bad/defaults/main.yml: role defaults must be"):
         roles.role_defaults("bad", project.root)
+
+
+# The project's own roles keep the conventions the README's Roles section describes.
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROLES = sorted(p.name for p in (PROJECT_ROOT / "roles").iterdir() if p.is_dir())
+
+
+def _tasks(items: list) -> Iterator[dict]:
+    """Every task in a task file, the ones inside blocks included."""
+    for task in items or []:
+        yield task
+        for key in ("block", "rescue", "always"):
+            yield from _tasks(task.get(key) or [])
+
+
+@pytest.mark.parametrize(
+    "playbook", sorted((PROJECT_ROOT / "playbooks").glob("*.yml")), ids=lambda p: p.name
+)
+def test_every_role_the_projects_playbooks_apply_has_a_spec(playbook: Path) -> None:
+    uncovered = roles.resolve(playbook, PROJECT_ROOT).uncovered
+    assert uncovered == (), f"roles without tests/spec/<role>/test_*.py: {uncovered}"
+
+
+@pytest.mark.parametrize("role", PROJECT_ROLES)
+def test_os_names_reach_the_role_through_its_defaults(role: str) -> None:
+    """vars/<OS>.yml outranks play vars: only `__` names there, each read by a default."""
+    defaults = roles.role_defaults(role, PROJECT_ROOT)
+    for vars_file in sorted((PROJECT_ROOT / "roles" / role / "vars").glob("*.yml")):
+        for name in yaml.safe_load(vars_file.read_text()) or {}:
+            assert name.startswith(f"__{role}_"), f"{vars_file.name}: {name}"
+            assert defaults.get(name[2:]) == f"{{{{ {name} }}}}", f"defaults lack {name[2:]}"
+
+
+@pytest.mark.parametrize("role", PROJECT_ROLES)
+def test_roles_that_install_packages_get_fresh_lists_from_apt_ready(role: str) -> None:
+    """Package lists are apt_ready's job, once per play; the others only install."""
+    role_dir = PROJECT_ROOT / "roles" / role
+    installs = [
+        task["ansible.builtin.apt"]
+        for task_file in sorted((role_dir / "tasks").glob("*.yml"))
+        for task in _tasks(yaml.safe_load(task_file.read_text()))
+        if "ansible.builtin.apt" in task
+    ]
+    if role == "apt_ready" or not installs:
+        return
+    meta = yaml.safe_load((role_dir / "meta" / "main.yml").read_text()) or {}
+    deps = [d if isinstance(d, str) else d.get("role") for d in meta.get("dependencies") or []]
+    assert "apt_ready" in deps, f"{role} installs packages: list apt_ready in meta/main.yml"
+    refreshes = any(i.get("update_cache") or i.get("cache_valid_time") for i in installs)
+    assert not refreshes, f"{role} refreshes the package lists itself: apt_ready does that"
