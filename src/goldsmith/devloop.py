@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from . import base_disk, setup, spec, tools, vm
+from . import base_disk, requirements, setup, spec, tools, vm
 from .ansible_env import ansible_env
 from .catalogue import Image, load
 from .errors import GoldsmithError, ToolError
@@ -69,6 +69,8 @@ def vm_name(image: str, name: str | None = None) -> str:
 
 
 def _image(root: Path, image: str) -> Image:
+    # The pinned roles and collections first: the catalogue resolves playbooks with them.
+    requirements.ensure(root)
     return load(root / "images.yml").image(image)
 
 

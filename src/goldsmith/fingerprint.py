@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import tools
+from . import requirements, tools
 from .catalogue import Image
 from .roles import RoleMap
 
@@ -51,6 +51,18 @@ def _relative(value: Any, root: Path) -> Any:
     return value
 
 
+def _third_party(role_map: RoleMap, root: Path) -> dict[str, Path]:
+    """The pinned collections and standalone roles the image uses, by an input name."""
+    content = requirements.installed(root)
+    out = {
+        f"collection {n} {v}": content.collections[n].path
+        for n, v in role_map.collections.items()
+        if n in content.collections
+    }
+    out |= {f"role {n} {v}".rstrip(): role_map.dirs[n] for n, v in role_map.galaxy_roles.items()}
+    return out
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -78,8 +90,14 @@ def inputs(
         root / "tests/spec/conftest.py",
         root / "tests/spec/hygiene",
     ]
-    files += [root / "roles" / r for r in role_map.roles]
+    # The project's own roles by their files; a pinned collection or role by its version
+    # and the sha256 of its installed files (requirements.lock says the same), so the
+    # fingerprint does not depend on whether it is vendored or installed.
+    local = root / "roles"
+    files += [d for d in role_map.dirs.values() if d.is_relative_to(local)]
     files += list(role_map.specs.values())
+    for name, folder in sorted(_third_party(role_map, root).items()):
+        out[name] = requirements.tree_sha(folder)
     for f in _files(files):
         # goldsmith's own files by one name, whether or not the package sits in the
         # project (an editable install in a checkout, or a wheel in a virtualenv).

@@ -30,7 +30,7 @@ from ansible.utils.collection_loader import AnsibleCollectionConfig
 from ansible.utils.path import unfrackpath
 from ansible.vars.manager import VariableManager
 
-from . import spec, tools
+from . import requirements, spec, tools
 from .ansible_env import ansible_env
 from .catalogue import load
 from .errors import GoldsmithError
@@ -353,6 +353,7 @@ def run(
         raise GoldsmithError("give either --hosts ssh://user@host[:port] or --inventory FILE")
     if key is not None and not key.is_file():
         raise GoldsmithError(f"--key: {key} does not exist")
+    requirements.ensure(root)  # the pinned roles and collections the playbook applies
     img = load(root / "images.yml").image(image)
     role_map = resolve(img.playbook, root)
     spec.report_coverage(role_map)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import tools
+from .ansible_env import ansible_env
 from .errors import GoldsmithError
 from .paths import venv_bin
 
@@ -55,6 +56,7 @@ def ansible_lint(root: Path) -> bool:
         ],
         "ansible-lint",
         root,
+        **ansible_env(root),
     )
 
 
@@ -103,7 +105,8 @@ def packer_validate(root: Path) -> bool:
 
 
 def syntax_check(root: Path) -> bool:
-    """`ansible-playbook --syntax-check` of every playbook, with the project's roles."""
+    """`ansible-playbook --syntax-check` of every playbook, with the project's roles and
+    its pinned collections, as a build runs it."""
     playbooks = sorted((root / "playbooks").glob("*.yml"))
     if not playbooks:
         tools.log("syntax-check", "no playbooks/*.yml; nothing to check")
@@ -115,7 +118,7 @@ def syntax_check(root: Path) -> bool:
             [venv_bin("ansible-playbook"), "--syntax-check", "-i", "localhost,", rel],
             "syntax-check",
             root,
-            ANSIBLE_ROLES_PATH=str(root / "roles"),
+            **ansible_env(root),
         )
         if not passed:
             tools.log("syntax-check", f"FAILED: {rel}")

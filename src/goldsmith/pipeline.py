@@ -27,7 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import base_disk, fingerprint, outputs, packer, setup, spec, targets, tools, vm, workdir
+from . import (
+    base_disk,
+    fingerprint,
+    outputs,
+    packer,
+    requirements,
+    setup,
+    spec,
+    targets,
+    tools,
+    vm,
+    workdir,
+)
 from .ansible_env import ansible_env
 from .catalogue import load
 from .errors import GoldsmithError, ToolError
@@ -155,6 +167,9 @@ def build(
 ) -> Path:
     """Bake `image_name` for `target` (or reuse its proven build); return its manifest path."""
     started = time.monotonic()
+    settings = settings or Settings()
+    # Third-party roles and collections first: resolving the playbook needs them.
+    requirements.ensure(root, write_lock=not settings.requirements_locked)
     p = plan(root, image_name, target, settings)
     t = targets.get(target)
     preflight(p, t)
@@ -371,9 +386,12 @@ def plan_all(
 ) -> list[dict[str, Any]]:
     """For every image (and each of its targets): fingerprint, last proven build, decision.
 
-    Builds nothing and creates nothing; a target that cannot be asked (the twin is not
-    running, no AWS credentials) says so in `note` and counts as "rebake".
+    Builds nothing; it installs requirements.yml's pinned roles and collections when they
+    are not (the fingerprint covers their content). A target that cannot be asked (the
+    twin is not running, no AWS credentials) says so in `note` and counts as "rebake".
     """
+    locked = (settings or Settings()).requirements_locked
+    requirements.ensure(root, write_lock=not locked)
     catalogue = load(root / "images.yml")
     names = [catalogue.image(image).name] if image else list(catalogue.images)
     rows = []

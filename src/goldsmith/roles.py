@@ -17,14 +17,19 @@ skipped in silence.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import requirements, yamlfile
 from .errors import GoldsmithError
+from .yamlfile import AnsibleLoader, LineLoader, Str
+from .yamlfile import rel as _rel
+from .yamlfile import where as _where
 
 ROLE_KEYS = {
     f"{prefix}{action}"
@@ -36,6 +41,9 @@ TASKS_KEYS = {
     for prefix in ("", "ansible.builtin.", "ansible.legacy.")
     for action in ("import_tasks", "include_tasks", "include")
 }
+# A module or role named by its collection: namespace.collection.name
+_MODULE = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+\.[a-z0-9_]+$", re.IGNORECASE)
+BUILTIN_COLLECTIONS = {"ansible.builtin", "ansible.legacy"}
 PLAYBOOK_KEYS = {"import_playbook", "ansible.builtin.import_playbook"}
 # The play sections in the order Ansible runs them.
 PLAY_SECTIONS = ("pre_tasks", "roles", "tasks", "post_tasks", "handlers")
@@ -64,84 +72,17 @@ class RoleMap:
     roles: tuple[str, ...]
     specs: dict[str, Path]
     uncovered: tuple[str, ...]
+    # Each role's folder: roles/<name>, a pinned standalone role, or a collection's.
+    dirs: dict[str, Path] = field(default_factory=dict)
+    # The pinned collections the image uses (its roles', its modules', and what those
+    # collections depend on), by name with their installed version.
+    collections: dict[str, str] = field(default_factory=dict)
+    # The pinned standalone roles it applies, with their installed version.
+    galaxy_roles: dict[str, str] = field(default_factory=dict)
 
 
-# --- YAML -------------------------------------------------------------------------------
-
-
-class _Str(str):
-    """A string that remembers the line it was read from."""
-
-    line: int = 0
-
-
-class _Dict(dict):
-    """A mapping that remembers the line it was read from."""
-
-    line: int = 0
-
-
-class _AnsibleLoader(yaml.SafeLoader):
-    """SafeLoader that also reads Ansible's own tags (`!unsafe`, `!vault`) as plain values."""
-
-
-def _construct_tagged(loader: yaml.SafeLoader, _suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_scalar(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    return loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-
-
-_AnsibleLoader.add_multi_constructor("!", _construct_tagged)
-
-
-class _LineLoader(_AnsibleLoader):
-    """Reads strings and mappings with their line numbers, for errors a person can find."""
-
-
-def _construct_str(loader: yaml.SafeLoader, node: yaml.Node) -> _Str:
-    s = _Str(loader.construct_scalar(node))  # type: ignore[arg-type]
-    s.line = node.start_mark.line + 1
-    return s
-
-
-def _construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Iterator[_Dict]:
-    d = _Dict()
-    d.line = node.start_mark.line + 1
-    yield d
-    d.update(loader.construct_mapping(node))
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:str", _construct_str)
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-
-
-def _load(path: Path, root: Path, loader: type[yaml.SafeLoader] = _LineLoader) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise RoleError(f"{_rel(path, root)}: cannot read: {e.strerror}") from None
-    try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise RoleError(f"{_rel(path, root)}{line}: not valid YAML: {e.problem}") from None
-    except yaml.YAMLError as e:
-        raise RoleError(f"{_rel(path, root)}: not valid YAML: {e}") from None
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)
-
-
-def _where(path: Path, root: Path, node: object) -> str:
-    line = getattr(node, "line", 0)
-    return f"{_rel(path, root)}:{line}" if line else _rel(path, root)
+def _load(path: Path, root: Path, loader: type[yaml.SafeLoader] = LineLoader) -> Any:
+    return yamlfile.load(path, root, loader, RoleError)
 
 
 # --- resolution -------------------------------------------------------------------------
@@ -153,7 +94,10 @@ class _Resolver:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.roles_dir = root / "roles"
+        self.content = requirements.installed(root)
         self.expanded: dict[str, tuple[str, ...]] = {}
+        self.dirs: dict[str, Path] = {}
+        self.used: set[str] = set()  # collections whose roles or modules are used
 
     # playbooks
 
@@ -192,6 +136,7 @@ class _Resolver:
         hosts = play.get("hosts", "")
         if isinstance(hosts, list):
             hosts = ",".join(str(h) for h in hosts)
+        search = self.search_list(path, play, ())
         names: list[str] = []
         for section in PLAY_SECTIONS:
             items = play.get(section) or []
@@ -199,18 +144,34 @@ class _Resolver:
                 raise RoleError(f"{_where(path, self.root, play)}: {section} must be a list")
             if section == "roles":
                 for ref in items:
-                    names.extend(self.role(self.role_name(path, ref, play), path, ()))
+                    names.extend(self.role(self.role_name(path, ref, play), path, (), search))
             else:
                 for ref in self.task_roles(path, items, ()):
-                    names.extend(self.role(ref, path, ()))
+                    names.extend(self.role(ref, path, (), search))
         return Play(hosts=str(hosts), roles=tuple(_unique(names)))
+
+    def search_list(self, path: Path, node: Any, first: tuple[str, ...]) -> tuple[str, ...]:
+        """Collections a short role name is looked up in before the roles path (as Ansible
+        does): the role's own collection, then the `collections:` keyword."""
+        listed = node.get("collections") if isinstance(node, dict) else None
+        if listed is None:
+            return first
+        if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+            raise RoleError(f"{_where(path, self.root, node)}: collections must be a list of names")
+        for name in listed:
+            if name not in BUILTIN_COLLECTIONS:
+                self.collection(Str(name) if not isinstance(name, Str) else name, path)
+        return tuple(_unique([*first, *(c for c in listed if c not in BUILTIN_COLLECTIONS)]))
 
     # tasks
 
     def task_roles(
         self, path: Path, tasks: Iterable[Any], files: tuple[Path, ...]
-    ) -> Iterator[_Str]:
-        """Literal role names that `tasks` (read from `path`) import or include, in order."""
+    ) -> Iterator[Str]:
+        """Literal role names that `tasks` (read from `path`) import or include, in order.
+
+        A module named by its collection (`ns.coll.module`) marks that collection used.
+        """
         for task in tasks:
             if not isinstance(task, dict):
                 continue
@@ -222,10 +183,16 @@ class _Resolver:
                     yield self.role_name(path, value, task, key=key)
                 elif key in TASKS_KEYS:
                     yield from self.task_file(path, key, value, task, files)
+                elif _MODULE.match(str(key)):
+                    ns, coll, _ = str(key).split(".")
+                    if f"{ns}.{coll}" not in BUILTIN_COLLECTIONS:
+                        located = Str(key)
+                        located.line = getattr(key, "line", 0) or getattr(task, "line", 0)
+                        self.collection(Str(f"{ns}.{coll}"), path, used_by=located)
 
     def task_file(
         self, path: Path, key: str, value: Any, task: dict, files: tuple[Path, ...]
-    ) -> Iterator[_Str]:
+    ) -> Iterator[Str]:
         """Roles included by a task file a playbook or role imports (when its name is literal)."""
         if isinstance(value, dict):
             value = value.get("file", value.get("_raw_params"))
@@ -233,7 +200,9 @@ class _Resolver:
             return  # a templated task file: Ansible decides at run time; specs are per role
         # A role's tasks are all scanned anyway; this follows a playbook's own task files.
         target = (path.parent / value).resolve()
-        if target in files or self.roles_dir.resolve() in target.parents:
+        if target in files or any(d.resolve() in target.parents for d in self.dirs.values()):
+            return
+        if self.roles_dir.resolve() in target.parents:
             return
         if not target.is_file():
             raise RoleError(f"{_where(path, self.root, task)}: {key}: {value!r} does not exist")
@@ -241,7 +210,7 @@ class _Resolver:
         if isinstance(data, list):
             yield from self.task_roles(target, data, (*files, target))
 
-    def role_name(self, path: Path, ref: Any, where: object, key: str = "roles") -> _Str:
+    def role_name(self, path: Path, ref: Any, where: object, key: str = "roles") -> Str:
         """The literal name in a role reference: `name`, `{role: name}`, `{name: name}`."""
         name: Any = ref
         if isinstance(ref, dict):
@@ -259,53 +228,133 @@ class _Resolver:
                 "goldsmith must know which roles an image applies to pick their specs, "
                 "so role names must be literal"
             )
-        out = _Str(name.strip())
+        out = Str(name.strip())
         out.line = getattr(name, "line", 0) or getattr(where, "line", 0)
         return out
 
-    # roles
+    # collections and roles
 
-    def role(self, name: _Str, path: Path, chain: tuple[str, ...]) -> tuple[str, ...]:
-        """`name` and every role it brings in, dependencies first."""
-        if name in chain:
+    def collection(
+        self, name: Str, path: Path, used_by: Str | None = None
+    ) -> requirements.Installed:
+        """An installed collection, marked used; an error naming what is installed if not."""
+        found = self.content.collections.get(str(name))
+        if found is None:
+            what = f"{str(used_by)!r} is from collection" if used_by else "collection"
+            node = used_by if used_by is not None else name
+            raise RoleError(
+                f"{_where(path, self.root, node)}: {what} {str(name)!r}, which is not installed "
+                f"(installed from {requirements.REQUIREMENTS}: {self.content.describe()}); "
+                f"pin it in {requirements.REQUIREMENTS} and run ./run setup"
+            )
+        self.used.add(found.name)
+        return found
+
+    def locate(self, name: Str, path: Path, search: tuple[str, ...]) -> tuple[str, Path, str]:
+        """The role's canonical name (FQCN for a collection's), its folder, and its collection."""
+        parts = str(name).split(".")
+        if len(parts) == 3 and all(parts):
+            coll_name = Str(f"{parts[0]}.{parts[1]}")
+            coll_name.line = name.line
+            if coll_name in BUILTIN_COLLECTIONS:
+                return self.locate(_with_line(parts[2], name), path, ())
+            coll = self.collection(coll_name, path)
+            folder = coll.path / "roles" / parts[2]
+            if not folder.is_dir():
+                theirs = ", ".join(_subdirs(coll.path / "roles")) or "none"
+                raise RoleError(
+                    f"{_where(path, self.root, name)}: role {str(name)!r} is not in collection "
+                    f"{coll.name} {coll.version} (its roles: {theirs})"
+                )
+            return str(name), folder, coll.name
+        if "/" in name or name in (".", ".."):
+            raise RoleError(f"{_where(path, self.root, name)}: {str(name)!r} is not a role name")
+        for coll_name in search:
+            coll = self.content.collections.get(coll_name)
+            if coll is not None and (coll.path / "roles" / name).is_dir():
+                self.used.add(coll.name)
+                return f"{coll.name}.{name}", coll.path / "roles" / name, coll.name
+        if (self.roles_dir / name).is_dir():
+            return str(name), self.roles_dir / name, ""
+        pinned = self.content.roles.get(str(name))
+        if pinned is not None:
+            return str(name), pinned.path, ""
+        known = ", ".join(_subdirs(self.roles_dir)) or "none"
+        others = ", ".join(self.content.roles) or "none"
+        searched = ", ".join(
+            f"{c} {self.content.collections[c].version}"
+            for c in search
+            if c in self.content.collections
+        )
+        raise RoleError(
+            f"{_where(path, self.root, name)}: role {str(name)!r} is not in roles/ "
+            f"(roles there: {known}), nor a role pinned in {requirements.REQUIREMENTS} "
+            f"(pinned roles: {others})"
+            + (f", nor in the collections searched ({searched})" if searched else "")
+            + f"; a role from elsewhere is pinned in {requirements.REQUIREMENTS} "
+            "(a collection's by its full name, namespace.collection.role)"
+        )
+
+    def role(
+        self, name: Str, path: Path, chain: tuple[str, ...], search: tuple[str, ...] = ()
+    ) -> tuple[str, ...]:
+        """`name` and every role it brings in, dependencies first (canonical names)."""
+        canonical, role_dir, coll = self.locate(name, path, search)
+        if canonical in chain:
             raise RoleError(
                 f"{_where(path, self.root, name)}: role dependency cycle: "
-                + " -> ".join((*chain, name))
+                + " -> ".join((*chain, canonical))
             )
-        if name in self.expanded:
-            return self.expanded[name]
-        role_dir = self.roles_dir / name
-        if "/" in name or not role_dir.is_dir():
-            known = ", ".join(self.known_roles()) or "none"
-            raise RoleError(
-                f"{_where(path, self.root, name)}: role {str(name)!r} is not in roles/ "
-                f"(roles there: {known}); roles are part of this repository, not fetched"
-            )
-        chain = (*chain, name)
+        if canonical in self.expanded:
+            return self.expanded[canonical]
+        self.dirs[canonical] = role_dir
+        chain = (*chain, canonical)
+        own = (coll,) if coll else ()
         before: list[str] = []
         meta = _first_yaml(role_dir / "meta" / "main")
+        inner = own
         if meta is not None:
             data = _load(meta, self.root)
+            inner = self.search_list(meta, data, own)
             deps = data.get("dependencies") if isinstance(data, dict) else None
             for dep in deps or []:
-                before.extend(self.role(self.role_name(meta, dep, data), meta, chain))
+                before.extend(self.role(self.role_name(meta, dep, data), meta, chain, inner))
         after: list[str] = []
-        tasks_dir = role_dir / "tasks"
-        for task_file in sorted(tasks_dir.rglob("*")) if tasks_dir.is_dir() else []:
-            if task_file.suffix not in YAML_SUFFIXES or not task_file.is_file():
-                continue
-            data = _load(task_file, self.root)
-            if isinstance(data, list):
-                for ref in self.task_roles(task_file, data, (task_file,)):
-                    after.extend(self.role(ref, task_file, chain))
-        result = tuple(_unique([*before, str(name), *after]))
-        self.expanded[str(name)] = result
+        for sub in ("tasks", "handlers"):
+            folder = role_dir / sub
+            for task_file in sorted(folder.rglob("*")) if folder.is_dir() else []:
+                if task_file.suffix not in YAML_SUFFIXES or not task_file.is_file():
+                    continue
+                data = _load(task_file, self.root)
+                if isinstance(data, list):
+                    for ref in self.task_roles(task_file, data, (task_file,)):
+                        after.extend(self.role(ref, task_file, chain, inner))
+        result = tuple(_unique([*before, canonical, *after]))
+        self.expanded[canonical] = result
         return result
 
-    def known_roles(self) -> list[str]:
-        if not self.roles_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.roles_dir.iterdir() if p.is_dir())
+    def used_collections(self) -> dict[str, str]:
+        """The used collections and everything they depend on, with their versions."""
+        todo, seen = sorted(self.used), set()
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in self.content.collections:
+                continue
+            seen.add(name)
+            todo.extend(self.content.collections[name].dependencies)
+        return {n: self.content.collections[n].version for n in sorted(seen)}
+
+
+def _with_line(text: str, like: Str) -> Str:
+    out = Str(text)
+    out.line = getattr(like, "line", 0)
+    return out
+
+
+def _subdirs(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
 
 def _first_yaml(stem: Path) -> Path | None:
@@ -330,7 +379,8 @@ def resolve(playbook: Path, root: Path) -> RoleMap:
     playbook = playbook if playbook.is_absolute() else root / playbook
     if not playbook.is_file():
         raise RoleError(f"{_rel(playbook, root)}: the playbook does not exist")
-    plays = tuple(_Resolver(root).playbook(playbook, ()))
+    resolver = _Resolver(root)
+    plays = tuple(resolver.playbook(playbook, ()))
     roles = tuple(_unique(r for play in plays for r in play.roles))
     specs: dict[str, Path] = {}
     uncovered: list[str] = []
@@ -340,9 +390,26 @@ def resolve(playbook: Path, root: Path) -> RoleMap:
             specs[role] = folder
         else:
             uncovered.append(role)
+    pinned = resolver.content.roles
     return RoleMap(
-        playbook=playbook, plays=plays, roles=roles, specs=specs, uncovered=tuple(uncovered)
+        playbook=playbook,
+        plays=plays,
+        roles=roles,
+        specs=specs,
+        uncovered=tuple(uncovered),
+        dirs={r: resolver.dirs[r] for r in roles},
+        collections=resolver.used_collections(),
+        galaxy_roles={
+            r: pinned[r].version
+            for r in roles
+            if r in pinned and resolver.dirs[r] == pinned[r].path
+        },
     )
+
+
+def role_dir(role: str, root: Path) -> Path:
+    """The folder of `role` as a playbook names it (FQCN for a collection's role)."""
+    return _Resolver(root).locate(Str(role), root / "playbooks", ())[1]
 
 
 def role_defaults(role: str, root: Path) -> dict:
@@ -350,7 +417,10 @@ def role_defaults(role: str, root: Path) -> dict:
 
     Specs read the values the role uses from here, so a changed default needs no spec edit.
     """
-    defaults = root / "roles" / role / "defaults"
+    try:
+        defaults = role_dir(role, root) / "defaults"
+    except RoleError:
+        return {}  # no such role: no defaults (the spec's own error names the folder)
     files: list[Path] = []
     single = _first_yaml(defaults / "main")
     if single is not None:
@@ -359,7 +429,7 @@ def role_defaults(role: str, root: Path) -> dict:
         files.extend(sorted(p for p in (defaults / "main").iterdir() if p.suffix in YAML_SUFFIXES))
     merged: dict = {}
     for f in files:
-        data = _load(f, root, loader=_AnsibleLoader)
+        data = _load(f, root, loader=AnsibleLoader)
         if data is None:
             continue
         if not isinstance(data, dict):

@@ -32,6 +32,9 @@ class Settings:
     ami_wait_seconds: int = 3600
     # aws: CIDRs allowed to reach the builder's SSH port (default: this machine's address).
     aws_ssh_cidrs: tuple[str, ...] = ()
+    # requirements.lock must already match requirements.yml (CI sets true): setup and
+    # builds install what it records but never rewrite it.
+    requirements_locked: bool = False
 
     def packer_stop_seconds(self, target: str) -> int:
         return self.packer_stop_seconds_local if target == "local" else self.packer_stop_seconds_aws

@@ -49,31 +49,3 @@ def ensure(root: Path) -> None:
         env = {"DEBIAN_FRONTEND": "noninteractive"}
         tools.run(["apt-get", "update", "-q"], prefix="apt", env=env)
         tools.run(apt_command(pkgs), prefix="apt", env=env)
-    collections(root)
-
-
-def collections(root: Path) -> None:
-    """Install the Ansible collections pinned in requirements.yml (if it pins any)."""
-    import yaml
-
-    req = root / "requirements.yml"
-    if not req.is_file():
-        return
-    data = yaml.safe_load(req.read_text()) or {}
-    if not data.get("collections"):
-        return
-    from .paths import venv_bin
-
-    tools.run(
-        [
-            venv_bin("ansible-galaxy"),
-            "collection",
-            "install",
-            "-r",
-            req,
-            "-p",
-            root / ".ansible" / "collections",
-        ],
-        prefix="galaxy",
-        cwd=root,
-    )

@@ -1,10 +1,11 @@
 """Shared fixtures of the testinfra specs.
 
-A spec lives in tests/spec/<role>/ and reads the values it checks from that role's
-roles/<role>/defaults/main.yml, with what the image's playbook sets for the role on top
-(play `vars:` and the role entry's `vars:`; the playbook is GOLDSMITH_PLAYBOOK, which
-every goldsmith spec run sets): the same values the role applies, so a changed default
-or playbook needs no spec edit. The role is the name of the folder the test file is in.
+A spec lives in tests/spec/<role>/ (a third-party role's in tests/spec/<its full name>/)
+and reads the values it checks from that role's defaults/main.yml, with what the image's
+playbook sets for the role on top (play `vars:` and the role entry's `vars:`; the playbook
+is GOLDSMITH_PLAYBOOK, which every goldsmith spec run sets): the same values the role
+applies, so a changed default or playbook needs no spec edit. The role is the name of the
+folder the test file is in.
 """
 
 from __future__ import annotations
@@ -59,8 +60,20 @@ def _read_mapping(path: Path) -> Any:
 
 
 def load_defaults(role: str, root: Path = PROJECT_ROOT) -> Expected:
-    """roles/<role>/defaults/main.yml; a clear error naming the file if it is unusable."""
+    """The role's defaults/main.yml; a clear error naming the file if it is unusable.
+
+    A project role's is roles/<role>/; a pinned third-party role's (its spec folder named
+    by the role's full name, e.g. tests/spec/namespace.collection.role/) is where
+    requirements.yml installed it, found the way goldsmith resolves playbooks.
+    """
     path = root / "roles" / role / "defaults" / "main.yml"
+    if not path.parent.parent.is_dir() and "." in role:
+        from goldsmith.roles import RoleError, role_dir
+
+        try:
+            path = role_dir(role, root) / "defaults" / "main.yml"
+        except RoleError as e:
+            raise SpecDefaultsError(str(e)) from None
     if not path.is_file():
         raise SpecDefaultsError(
             f"{path}: no defaults for role {role!r} (is the spec folder named after a role?)"

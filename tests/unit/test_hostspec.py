@@ -329,7 +329,7 @@ print(json.dumps(hostspec.expand_pattern("web[1]", inv)))
 
 
 def test_inventory_plugins_come_from_the_projects_collections(project) -> None:
-    collection = project.root / ".ansible/collections/ansible_collections/acme/fleet"
+    collection = project.root / ".galaxy/collections/ansible_collections/acme/fleet"
     (collection / "plugins/inventory").mkdir(parents=True)
     (collection / "plugins/inventory/fleet.py").write_text(FLEET_PLUGIN)
     project.write("prod.fleet.yml", "plugin: acme.fleet.fleet\n")

@@ -163,5 +163,8 @@ def manifest(
         | source.details,
         "roles": list(plan.role_map.roles if roles is None else roles),
         "uncovered_roles": list(plan.role_map.uncovered),
+        # Pinned third-party content the image uses, with the versions installed.
+        "collections": dict(plan.role_map.collections),
+        "galaxy_roles": dict(plan.role_map.galaxy_roles),
         **fields,
     }

@@ -1,6 +1,6 @@
 """Invoke task collections. tasks.py at the project root only loads `namespace()`.
 
-core      setup, base, build, plan, sweep, lint, test, bench  (top level)
+core      setup, vendor, base, build, plan, sweep, lint, test, bench  (top level)
 devloop   up, converge, verify, idempotence, login, down      (top level)
 hostspec  spec                                                (top level)
 aws       twin.up|down|env|reset, aws.publish|reap

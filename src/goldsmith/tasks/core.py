@@ -1,4 +1,4 @@
-"""The tasks every user starts with: setup, base, build, plan, sweep, lint, test, bench."""
+"""The tasks every user starts with: setup, vendor, base, build, plan, sweep, lint, test, bench."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from invoke import Exit, task
 
-from .. import base_disk, targets
+from .. import base_disk, requirements, targets
 from .. import setup as system_setup
 from ..catalogue import load
 from ..errors import GoldsmithError
@@ -19,8 +19,20 @@ from .common import settings, user_errors
 @task
 @user_errors
 def setup(c):
-    """Install the system tools goldsmith needs (apt; needs root) and the pinned collections."""
-    system_setup.ensure(project_root())
+    """Install the system tools (apt; needs root) and requirements.yml's pinned roles and
+    collections; writes requirements.lock when requirements.yml changed."""
+    root = project_root()
+    system_setup.ensure(root)
+    requirements.ensure(root, write_lock=not settings(c).requirements_locked)
+
+
+@task
+@user_errors
+def vendor(c):
+    """Install requirements.yml afresh into vendor/ to commit: builds then never need Galaxy."""
+    root = project_root()
+    content = requirements.vendor(root)
+    print(f"vendor/: {content.describe()} (commit vendor/ and requirements.lock)")
 
 
 @task(help={"name": "base to build (a key of `bases` in images.yml); default: all built here"})
