@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -83,7 +84,10 @@ def plan(c, image=None, target=None, json_=False, rebake_only=False):
     from ..pipeline import plan_all
 
     root = project_root()
-    rows = plan_all(root, image=image, target=target, settings=settings(c))
+    # Progress (installing pinned collections, say) goes to stderr: stdout is the answer,
+    # which --json and --rebake-only callers parse.
+    with contextlib.redirect_stdout(sys.stderr):
+        rows = plan_all(root, image=image, target=target, settings=settings(c))
     if rebake_only:
         print(" ".join(dict.fromkeys(r["image"] for r in rows if r["action"] != "reuse")))
     elif json_:
