@@ -183,8 +183,9 @@ class _Resolver:
                     yield self.role_name(path, value, task, key=key)
                 elif key in TASKS_KEYS:
                     yield from self.task_file(path, key, value, task, files)
-                elif _MODULE.match(str(key)):
-                    ns, coll, _ = str(key).split(".")
+                elif _MODULE.match(str(key).removeprefix("with_")):
+                    # a module, or a lookup loop (with_community.general.flattened)
+                    ns, coll, _ = str(key).removeprefix("with_").split(".")
                     if f"{ns}.{coll}" not in BUILTIN_COLLECTIONS:
                         located = Str(key)
                         located.line = getattr(key, "line", 0) or getattr(task, "line", 0)

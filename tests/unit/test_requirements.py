@@ -278,6 +278,17 @@ def test_a_module_from_a_collection_not_pinned_is_named(project: Path) -> None:
         r"'community.general', which is not installed",
     ):
         roles.resolve(project / "playbooks/base.yml", project)
+    # A lookup loop names its collection too (as devsec.hardening's os_hardening does).
+    (project / "roles/base/tasks/extra.yml").write_text(
+        "---\n- name: Loop\n  ansible.builtin.debug:\n    msg: x\n"
+        "  with_community.general.flattened: [[1]]\n"
+    )
+    with pytest.raises(
+        roles.RoleError,
+        match=r"'with_community.general.flattened' is from "
+        r"collection 'community.general', which",
+    ):
+        roles.resolve(project / "playbooks/base.yml", project)
 
 
 # --- fingerprint and plain Ansible -------------------------------------------------------------
