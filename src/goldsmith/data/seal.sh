@@ -172,7 +172,17 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 rm -rf /var/lib/cloud/instances /var/lib/cloud/instance /var/lib/cloud/data /var/lib/cloud/sem
 
 # Logs: journald writes to /run from here on, so the build's journal can go whole; login
-# records go (systemd-tmpfiles makes them again at boot); the rest is emptied.
+# records go (systemd-tmpfiles makes them again at boot); the rest is emptied. Daemons
+# that write logs of their own (a role may install them: auditd, rsyslog) stop first, or
+# they log the seal and the shutdown after the logs were emptied. auditd refuses
+# `systemctl stop`; it exits on SIGTERM (and systemd does not restart a clean exit).
+for unit in rsyslog.service syslog.socket syslog-ng.service; do
+    systemctl stop "$unit" >/dev/null 2>&1 || true
+done
+if pids=$(pidof auditd); then
+    kill -TERM $pids 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do pidof auditd >/dev/null || break; sleep 1; done
+fi
 journalctl --relinquish-var >/dev/null 2>&1 || true
 find /var/log/journal -mindepth 1 -delete 2>/dev/null || true
 rm -f /var/log/wtmp /var/log/btmp /var/log/lastlog /var/log/faillog /var/log/cloud-init*.log
