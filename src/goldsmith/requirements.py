@@ -327,7 +327,7 @@ def ensure(root: Path, *, write_lock: bool = True) -> Content:
     lock = read_lock(root)
     folder = third_party_dir(root)
     if not reqs and lock is None:
-        return scan(folder)
+        return _nothing_pinned(scan(folder))
     fresh = lock is not None and lock.get("requirements") == _requirements_sha(root)
     current = scan(folder)
     if fresh and not _differences(lock, current):  # type: ignore[arg-type]
@@ -348,6 +348,20 @@ def ensure(root: Path, *, write_lock: bool = True) -> Content:
     content = _install(root, reqs, root / INSTALLED_DIR)
     _settle(root, lock if fresh else None, content)
     return scan(root / INSTALLED_DIR)
+
+
+def _nothing_pinned(content: Content) -> Content:
+    """requirements.yml pins nothing: nothing third-party may be used, even if installed."""
+    if not content.collections and not content.roles:
+        return content
+    if content.folder.name == VENDOR_DIR:
+        raise RequirementsError(
+            f"{VENDOR_DIR}/ holds {content.describe()}, but {REQUIREMENTS} pins nothing: "
+            f"delete {VENDOR_DIR}/ or pin what it holds"
+        )
+    shutil.rmtree(content.folder)
+    tools.log("requirements", f"removed {content.folder.name}/: {REQUIREMENTS} pins nothing")
+    return scan(content.folder)
 
 
 def vendor(root: Path) -> Content:

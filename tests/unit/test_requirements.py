@@ -112,6 +112,15 @@ def test_a_stale_lock_is_an_error_when_locked_and_rewritten_when_not(project: Pa
     assert lock["collections"]["acme.common"]["version"] == "1.0.1"
 
 
+def test_content_no_longer_pinned_is_not_used(project: Path) -> None:
+    (project / "requirements.yml").unlink()
+    (project / "requirements.lock").unlink()
+    assert requirements.ensure(project).collections == {}
+    assert not (project / ".galaxy").exists()
+    with pytest.raises(roles.RoleError, match="collection 'acme.web', which is not installed"):
+        roles.resolve(project / "playbooks/site.yml", project)
+
+
 def test_a_dependency_must_be_pinned_too(project: Path) -> None:
     write_requirements(project, "collections:\n  - name: thirdparty/acme/web\n    type: dir\n")
     with pytest.raises(
