@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 from collections.abc import Iterator
@@ -11,6 +12,10 @@ import pytest
 from moto import mock_aws
 
 from goldsmith.aws.clients import Aws
+from goldsmith.aws.twin import DEBIAN_OWNER, seeded_amis
+
+# Amazon's images the in-process moto keeps (tests take "the newest of Amazon's").
+SMALL_AMAZON_AMIS = 8
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,8 +147,27 @@ def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def _small_ami_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """moto loads its whole public AMI catalogue into every region a test touches (seconds
+    each); the unit tests need a few of Amazon's images and the Debian seeds, so moto gets
+    the twin's catalogue cut down to those, as the twin itself gets it: $MOTO_AMIS_PATH."""
+    import moto.ec2.models.amis as moto_amis
+
+    amis = seeded_amis()
+    small = [a for a in amis if a.get("owner_id") != DEBIAN_OWNER][:SMALL_AMAZON_AMIS]
+    small += [a for a in amis if a.get("owner_id") == DEBIAN_OWNER]
+    path = tmp_path_factory.mktemp("moto") / "amis.json"
+    path.write_text(json.dumps(small))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOTO_AMIS_PATH", str(path))
+        # A copy: moto parses the dates in place, and the twin's seeds must stay JSON.
+        mp.setattr(moto_amis, "AMIS", json.loads(path.read_text()))
+        yield
+
+
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+def aws(monkeypatch: pytest.MonkeyPatch, _small_ami_catalogue: None) -> Iterator[Aws]:
     """In-process moto: every boto3 call the package makes, against a fresh fake AWS."""
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
