@@ -19,16 +19,20 @@ source "amazon-ebs" "aws" {
   region              = var.aws_region
   custom_endpoint_ec2 = var.aws_endpoint_ec2
 
+  # A layered image starts from its parent's proven AMI, by id (aws_source_ami); any
+  # other from the newest AMI whose name matches, among the catalogue's owners.
   source_ami_filter {
-    owners      = var.aws_source_ami_owners
+    owners      = var.aws_source_ami != "" ? ["self"] : var.aws_source_ami_owners
     most_recent = true
-    filters = {
-      name                = var.aws_source_ami_name
-      state               = "available"
-      architecture        = "x86_64"
-      root-device-type    = "ebs"
-      virtualization-type = "hvm"
-    }
+    filters = merge(
+      {
+        state               = "available"
+        architecture        = "x86_64"
+        root-device-type    = "ebs"
+        virtualization-type = "hvm"
+      },
+      var.aws_source_ami != "" ? { image-id = var.aws_source_ami } : { name = var.aws_source_ami_name },
+    )
   }
 
   # Packer takes either an on-demand instance_type or the spot fleet's types, not both.

@@ -32,6 +32,12 @@ variable "aws_source_ami_name" {
   description = "Name pattern of the source AMI; the most recent match is used."
 }
 
+variable "aws_source_ami" {
+  type        = string
+  default     = ""
+  description = "A layered image's source: its parent's proven AMI id (the filter is then by that id)."
+}
+
 variable "aws_instance_type" {
   type    = string
   default = "t3.small"

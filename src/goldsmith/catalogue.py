@@ -12,6 +12,12 @@ Keys with defaults (all others are required):
   images.<name>.aws.kms_key_id     ""    (the account's default EBS key)
   images.<name>.aws.spot           false
 `images.<name>.aws` is required when the image has the `aws` or `twin` target.
+Top-level keys starting with `x-` are ignored: a place for shared anchors.
+
+An image names either a `base` or a `parent` image (a layered image): a child bakes from
+its parent's proven artifact on the same target, so its targets are among its parent's,
+its `aws` section has no `source_ami` (the parent's AMI is the source), and it inherits
+the root ancestor's base (disk size, kind). Parents form no cycle.
 
 Line numbers come from the YAML nodes (`yaml.compose`), so anchors and merge keys
 (`<<: *aws`) work and a merged value is reported where it is written.
@@ -114,13 +120,18 @@ class AwsSettings:
 
 @dataclass(frozen=True)
 class Image:
-    """One image goldsmith can bake."""
+    """One image goldsmith can bake.
+
+    `parent`: the image it is layered on (None for an image baked from its `base`);
+    `base` is then the root ancestor's base.
+    """
 
     name: str
     base: Base
     playbook: Path
     targets: tuple[str, ...]
     aws: AwsSettings | None
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,21 @@ class Catalogue:
     def role_map(self, image: Image) -> roles.RoleMap:
         """The roles and specs of `image`'s playbook, as resolved when the catalogue loaded."""
         return self.role_maps[image.playbook]
+
+    def ancestors(self, image: Image) -> list[Image]:
+        """`image`'s parent, its parent's parent, ... (nearest first; [] for a base image)."""
+        chain: list[Image] = []
+        while image.parent is not None:
+            image = self.images[image.parent]
+            chain.append(image)
+        return chain
+
+    def layers(self, image: Image) -> list[Image]:
+        """The images whose playbooks made `image`, root ancestor first, `image` last."""
+        return [*reversed(self.ancestors(image)), image]
+
+    def children(self, name: str) -> list[Image]:
+        return [i for i in self.images.values() if i.parent == name]
 
     def image(self, name: str) -> Image:
         """The image called `name`; a CatalogueError listing the known names otherwise."""
@@ -353,8 +379,18 @@ def load(path: Path) -> Catalogue:
         raise CatalogueError(
             [Problem(v.file, 1, "", "the catalogue is empty; it needs 'bases' and 'images'")]
         )
+    # Top-level keys starting with "x-" are free (as in Compose files): a place for the
+    # anchors that entries share (`x-aws: &aws`, merged with `<<: *aws`).
+    extensions: tuple[str, ...] = ()
+    if isinstance(doc, yaml.MappingNode):
+        extensions = tuple(
+            str(k.value) for k, _ in doc.value if str(getattr(k, "value", "")).startswith("x-")
+        )
     top = v.mapping(
-        _Node(doc, ""), required=("bases", "images"), what="a mapping of 'bases' and 'images'"
+        _Node(doc, ""),
+        required=("bases", "images"),
+        optional=extensions,
+        what="a mapping of 'bases' and 'images'",
     )
     if top is None:
         raise CatalogueError(v.problems)
@@ -369,10 +405,13 @@ def load(path: Path) -> Catalogue:
     resolved: dict[Path, roles.RoleMap | None] = {}
     if "images" in top:
         base_names = _declared(top, "bases")
+        image_names = _declared(top, "images")
+        parents: dict[str, _Node] = {}
         for name, _line, n in _named(v, top["images"][1], "images"):
-            image = _image(v, name, n, root, bases, base_names, resolved)
+            image = _image(v, name, n, root, bases, base_names, image_names, resolved, parents)
             if image is not None:
                 images[name] = image
+        images = _layered(v, images, parents)
     if v.problems:
         raise CatalogueError(sorted(v.problems, key=lambda p: p.line))
     role_maps = {k: m for k, m in resolved.items() if m is not None}
@@ -483,14 +522,41 @@ def _image(
     root: Path,
     bases: dict[str, Base],
     base_names: set[str],
+    image_names: set[str],
     resolved: dict[Path, roles.RoleMap | None],
+    parents: dict[str, _Node],
 ) -> Image | None:
-    entries = v.mapping(n, required=("base", "playbook", "targets"), optional=("aws",))
+    entries = v.mapping(n, required=("playbook", "targets"), optional=("base", "parent", "aws"))
     if entries is None:
         return None
     before = len(v.problems)
     base: Base | None = None
-    if "base" in entries:
+    parent: str | None = None
+    if "base" in entries and "parent" in entries:
+        pn = entries["parent"][1]
+        v.problem(
+            pn.line,
+            pn.path,
+            "an image names a base or a parent image, not both (a layered image starts "
+            "from its parent, which has the base)",
+        )
+    elif "parent" in entries:
+        pn = entries["parent"][1]
+        parent = v.string(pn)
+        if parent is not None and parent not in image_names:
+            known = ", ".join(sorted(image_names - {name})) or "none"
+            v.problem(
+                pn.line,
+                pn.path,
+                f"no image called {parent!r}{_suggest(parent, image_names)}; images: {known}",
+            )
+        elif parent == name:
+            v.problem(pn.line, pn.path, f"image {name!r} cannot be its own parent")
+        elif parent is not None:
+            parents[name] = pn
+    elif "base" not in entries:
+        v.problem(n.key_line, n.path, "missing required key 'base' (or 'parent', an image)")
+    if "base" in entries and "parent" not in entries:
         bn = entries["base"][1]
         base_name = v.string(bn)
         if base_name is not None and base_name not in base_names:
@@ -510,13 +576,59 @@ def _image(
         targets = v.strings(entries["targets"][1], lambda t: _target(v, t), non_empty=True)
     aws = None
     if "aws" in entries:
-        aws = _aws(v, name, entries["aws"][1])
+        aws = _aws(v, name, entries["aws"][1], layered="parent" in entries)
     elif targets and any(t in AWS_TARGETS for t in targets):
         wanted = ", ".join(t for t in targets if t in AWS_TARGETS)
         v.problem(n.key_line, n.path, f"missing required key 'aws' (the image has target {wanted})")
-    if len(v.problems) > before or base is None or playbook is None or targets is None:
+    if len(v.problems) > before or playbook is None or targets is None:
         return None
-    return Image(name=name, base=base, playbook=playbook, targets=targets, aws=aws)
+    if base is None and parent is None:
+        return None
+    # A child's base is its root ancestor's, filled in by _layered.
+    return Image(name=name, base=base, playbook=playbook, targets=targets, aws=aws, parent=parent)  # type: ignore[arg-type]
+
+
+def _layered(
+    v: _Validator, images: dict[str, Image], parents: dict[str, _Node]
+) -> dict[str, Image]:
+    """Check the parent links (no cycle, targets among the parent's) and give each layered
+    image its root ancestor's base. Images whose chain is broken are dropped (reported)."""
+    out = {n: i for n, i in images.items() if i.parent is None}
+    for name, image in images.items():
+        if image.parent is None:
+            continue
+        chain, cur = [name], image
+        while cur is not None and cur.parent is not None and cur.parent not in chain:
+            chain.append(cur.parent)
+            cur = images.get(cur.parent)
+        pn = parents[name]
+        if cur is not None and cur.parent in chain:
+            v.problem(
+                pn.line, pn.path, "parent images form a cycle: " + " -> ".join([*chain, cur.parent])
+            )
+            continue
+        if cur is None:
+            continue  # an ancestor is invalid, and reported where it is written
+        parent = images[image.parent]
+        missing = [t for t in image.targets if t not in parent.targets]
+        if missing:
+            v.problem(
+                pn.line,
+                pn.path,
+                f"target(s) {', '.join(missing)} of {name!r} are not targets of its parent "
+                f"{parent.name!r} (it lists {', '.join(parent.targets)}): a layered image "
+                "bakes from its parent's build on the same target",
+            )
+            continue
+        out[name] = Image(
+            name=name,
+            base=cur.base,
+            playbook=image.playbook,
+            targets=image.targets,
+            aws=image.aws,
+            parent=image.parent,
+        )
+    return {n: out[n] for n in images if n in out}
 
 
 def _target(v: _Validator, n: _Node) -> str | None:
@@ -556,11 +668,12 @@ def _playbook(
     return path if resolved[path] is not None else None
 
 
-def _aws(v: _Validator, image: str, n: _Node) -> AwsSettings | None:
+def _aws(v: _Validator, image: str, n: _Node, layered: bool = False) -> AwsSettings | None:
+    required = ("ssh_username", "instance_type", "regions", "ssm_parameter")
     entries = v.mapping(
         n,
-        required=("source_ami", "ssh_username", "instance_type", "regions", "ssm_parameter"),
-        optional=("share_with", "encrypt_boot", "kms_key_id", "spot"),
+        required=required if layered else ("source_ami", *required),
+        optional=("share_with", "encrypt_boot", "kms_key_id", "spot", "source_ami"),
     )
     if entries is None:
         return None
@@ -569,8 +682,16 @@ def _aws(v: _Validator, image: str, n: _Node) -> AwsSettings | None:
     def node(key: str) -> _Node | None:
         return entries[key][1] if key in entries else None
 
-    owners = ami_name = None
-    if (src := node("source_ami")) is not None:
+    owners: tuple[str, ...] | None = ()
+    ami_name: str | None = ""
+    if layered and (src := node("source_ami")) is not None:
+        v.problem(
+            entries["source_ami"][0],
+            src.path,
+            "a layered image's AMI starts from its parent's proven AMI, never a filter: "
+            "remove source_ami (or the merge that brings it)",
+        )
+    elif (src := node("source_ami")) is not None:
         src_entries = v.mapping(src, required=("owners", "name")) or {}
         if "owners" in src_entries:
             owners = v.strings(src_entries["owners"][1], lambda o: _owner(v, o), non_empty=True)

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import yaml
 
-from . import base_disk, requirements, setup, spec, tools, vm
+from . import base_disk, disk, requirements, setup, spec, tools, vm
 from .ansible_env import ansible_env
 from .catalogue import Image, load
 from .errors import GoldsmithError, ToolError
-from .paths import build_dir, venv_bin
+from .paths import build_dir, cache_dir, venv_bin
 from .roles import RoleMap, resolve
 
 # Guest ports a dev VM forwards to loopback besides SSH: the web image's nginx and
@@ -74,8 +74,32 @@ def _image(root: Path, image: str) -> Image:
     return load(root / "images.yml").image(image)
 
 
+def parent_disk(root: Path, img: Image) -> Path:
+    """A layered image's dev VM boots from its parent's proven local build (baked first
+    when there is none for the parent's current inputs), with a build login put back:
+    a raw copy in .cache/layered/, one per parent fingerprint, shared by dev VMs."""
+    from .pipeline import build  # the bake pipeline only when an image is layered
+
+    assert img.parent is not None
+    manifest_path = build(root, img.parent, "local")
+    proven = json.loads(manifest_path.read_text())
+    folder = cache_dir(root) / "layered"
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = folder / f"{img.parent}-{proven['fingerprint'][:16]}.raw"
+    if not raw.is_file():
+        for old in folder.glob(f"{img.parent}-*.raw"):
+            old.unlink()  # a running VM keeps its open file; new VMs take the new build
+        part = raw.with_suffix(".part")
+        part.unlink(missing_ok=True)
+        disk.with_build_access(manifest_path.parent / proven["artifact"], part)
+        part.rename(raw)
+    tools.log("dev", f"{img.name} is layered on {img.parent}: booting its proven build")
+    return raw
+
+
 def up(root: Path, image: str, name: str | None = None) -> DevVM:
-    """Boot the dev VM for `image` from the image's base (built first if missing)."""
+    """Boot the dev VM for `image` from the image's base (built first if missing), or for
+    a layered image from its parent's proven build (baked first if missing)."""
     img = _image(root, image)
     if img.base.kind != "debootstrap":
         raise GoldsmithError(
@@ -83,7 +107,7 @@ def up(root: Path, image: str, name: str | None = None) -> DevVM:
             "a dev VM boots a local (debootstrap) base; point the image at one to use the dev loop"
         )
     setup.ensure(root)
-    base_path = base_disk.ensure(img.base, root)
+    base_path = parent_disk(root, img) if img.parent else base_disk.ensure(img.base, root)
     vname = vm_name(image, name)
     existing = _load(root, vname)
     if existing and existing.machine.running() and existing.image != image:

@@ -41,7 +41,7 @@ from . import (
     workdir,
 )
 from .ansible_env import ansible_env
-from .catalogue import load
+from .catalogue import Catalogue, load
 from .errors import GoldsmithError, ToolError
 from .paths import venv_bin
 from .settings import Settings
@@ -52,9 +52,18 @@ class Interrupted(GoldsmithError):
     """Ctrl-C or SIGTERM: the build was stopped; the message says what cleanup achieved."""
 
 
-def plan(root: Path, image_name: str, target: str, settings: Settings | None = None) -> Plan:
-    """Load the catalogue and check the request; raises before anything is started."""
-    catalogue = load(root / "images.yml")
+def plan(
+    root: Path,
+    image_name: str,
+    target: str,
+    settings: Settings | None = None,
+    catalogue: Catalogue | None = None,
+) -> Plan:
+    """Load the catalogue and check the request; raises before anything is started.
+
+    A layered image's plan carries its parent's (`Plan.parent`), on the same target.
+    """
+    catalogue = catalogue or load(root / "images.yml")
     image = catalogue.image(image_name)
     if target not in targets.names():
         raise GoldsmithError(
@@ -65,7 +74,9 @@ def plan(root: Path, image_name: str, target: str, settings: Settings | None = N
             f"{catalogue.path.name}: images.{image.name}.targets does not list {target!r} "
             f"(it lists {', '.join(image.targets)})"
         )
-    return Plan(root, catalogue, image, target, catalogue.role_map(image), settings or Settings())
+    settings = settings or Settings()
+    parent = plan(root, image.parent, target, settings, catalogue) if image.parent else None
+    return Plan(root, catalogue, image, target, catalogue.role_map(image), settings, parent)
 
 
 def preflight(p: Plan, target: Target) -> None:
@@ -80,8 +91,12 @@ def preflight(p: Plan, target: Target) -> None:
         cwd=p.root,
     )
     spec.report_coverage(p.role_map)
+    if p.parent:
+        names = " -> ".join(layer.image.name for layer in p.layers)
+        tools.log("preflight", f"layered: {names}; the parents' specs run on this image too")
     tools.log("preflight", "the specs load (pytest --collect-only)")
-    spec.collect([*p.role_map.specs.values(), spec.hygiene_dir(p.root)], p.root)
+    specs = {d for layer in p.layers for d in layer.role_map.specs.values()}
+    spec.collect([*sorted(specs), spec.hygiene_dir(p.root)], p.root)
     target.check(p)
 
 
@@ -144,6 +159,29 @@ class Decision:
         return "reuse" if self.reusable else "rebake"
 
 
+def source_of(p: Plan, target: Target, prepare: bool = True) -> Source:
+    """What the build machine of `p` boots from. A layered image's is its parent's proven
+    build on the same target, named by the parent's fingerprint, so the child's
+    fingerprint covers the parent's inputs: a change in a parent's role rebakes both.
+    With `prepare` (a bake) that build must exist; planning only needs the fingerprint."""
+    if p.parent is None:
+        return target.source(p, prepare)
+    parent = p.parent
+    d = decide(parent, target, source_of(parent, target, prepare=False))
+    if prepare and d.reusable is None:
+        raise GoldsmithError(
+            f"{p.image.name} is layered on {parent.image.name}, which has no proven "
+            f"{p.target} build with its current inputs (fingerprint {d.fingerprint[:16]}): "
+            f"./run build --image {parent.image.name} --target {p.target}"
+        )
+    source = target.from_parent(p, d.reusable)
+    source.id = f"image {parent.image.name} {d.fingerprint}"
+    source.parent = {"image": parent.image.name, "fingerprint": d.fingerprint}
+    if d.reusable:
+        source.parent["build_id"] = d.reusable.get("build_id", "")
+    return source
+
+
 def decide(p: Plan, target: Target, source: Source) -> Decision:
     inputs = fingerprint.inputs(p.image, p.role_map, p.root, source.id, p.target)
     fp = fingerprint.of(inputs)
@@ -172,31 +210,42 @@ def build(
     requirements.ensure(root, write_lock=not settings.requirements_locked)
     p = plan(root, image_name, target, settings)
     t = targets.get(target)
-    preflight(p, t)
+    for layer in p.layers:
+        preflight(layer, t)
     setup.ensure(root)
     with terminate_as_interrupt():
         sweep(root)
-        with outputs.image_lock(root, p.image.name), t.session(p):
-            s0 = time.monotonic()
-            source = t.source(p)
-            base_s = round(time.monotonic() - s0, 1)
-            d = decide(p, t, source)
-            if not force and d.reusable:
-                path = t.reuse(p, d.reusable)
-                return path
-            if d.changed:
-                tools.log("build", f"{p.image.name}: inputs changed: {', '.join(d.changed[:8])}")
-            return _bake(p, t, source, d, started, {"base": base_s})
+        # A layered image bakes from its parent's proven build: the ancestors first, each
+        # reused when its inputs are unchanged (`force` rebakes only the image asked for).
+        # One target session for the chain (a twin started here holds the parent's AMI).
+        with t.session(p):
+            for layer in p.layers[:-1]:
+                _build_one(layer, t, False, time.monotonic())
+            return _build_one(p, t, force, started)
+
+
+def _build_one(p: Plan, t: Target, force: bool, started: float) -> Path:
+    with outputs.image_lock(p.root, p.image.name):
+        s0 = time.monotonic()
+        source = source_of(p, t)
+        base_s = round(time.monotonic() - s0, 1)
+        d = decide(p, t, source)
+        if not force and d.reusable:
+            return t.reuse(p, d.reusable, source)
+        if d.changed:
+            tools.log("build", f"{p.image.name}: inputs changed: {', '.join(d.changed[:8])}")
+        return _bake(p, t, source, d, started, {"base": base_s})
 
 
 def shared_vars(bake: Bake) -> dict[str, Any]:
     """The build's variables every source shares (packer/variables.pkr.hcl)."""
     p = bake.plan
-    spec_cmd = [sys.executable, "-m", "goldsmith.spec", "live"]
-    for d in p.role_map.specs.values():
-        spec_cmd += ["--spec", str(d)]
+    layers = spec.write_layers(
+        bake.work.path / "spec-layers.json",
+        [(x.image.name, x.role_map.playbook, list(x.role_map.specs.values())) for x in p.layers],
+    )
+    spec_cmd = [sys.executable, "-m", "goldsmith.spec", "live", "--layers", str(layers)]
     spec_cmd += ["--junit", str(bake.live_junit), "--key", str(bake.key), "--root", str(p.root)]
-    spec_cmd += ["--playbook", str(p.role_map.playbook)]
     return {
         "image_name": p.image.name,
         "git_sha": bake.git["sha"],
@@ -402,7 +451,7 @@ def plan_all(
             t = targets.get(tname)
             row: dict[str, Any] = {"image": name, "target": tname}
             try:
-                d = decide(p, t, t.source(p, prepare=False))
+                d = decide(p, t, source_of(p, t, prepare=False))
             except GoldsmithError as err:
                 row |= {"fingerprint": "", "action": "rebake", "last": None, "note": str(err)}
                 rows.append(row)

@@ -9,6 +9,7 @@ every image gets it, against what ships.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -207,43 +208,77 @@ def collect(paths: list[Path], root: Path) -> None:
         )
 
 
+def write_layers(path: Path, layers: list[tuple[str, Path, list[Path]]]) -> Path:
+    """The spec step's plan: for each layer of the image (its root ancestor first, itself
+    last), the image's name, its playbook and its roles' spec folders."""
+    path.write_text(
+        json.dumps(
+            [
+                {"image": name, "playbook": str(playbook), "specs": [str(d) for d in specs]}
+                for name, playbook, specs in layers
+            ],
+            indent=2,
+        )
+    )
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m goldsmith.spec live ...`: the build's spec step, run by Packer's shell-local.
 
-    The pipeline resolved the playbook once and passes the spec folders (`--spec`);
-    Packer hands the machine's address over in GOLDSMITH_SPEC_HOST/PORT/USER (an
-    internal protocol between goldsmith's Packer template and this step).
+    The pipeline resolved the playbooks once and passes the layers (`--layers FILE`, see
+    write_layers): a layered image is proven whole, by its parents' specs (each read with
+    its own playbook's vars) and its own. Packer hands the machine's address over in
+    GOLDSMITH_SPEC_HOST/PORT/USER (an internal protocol between goldsmith's Packer
+    template and this step).
     """
     p = argparse.ArgumentParser(prog="python -m goldsmith.spec")
     p.add_argument("mode", choices=["live"])
-    p.add_argument("--spec", type=Path, action="append", default=[])
+    p.add_argument("--layers", type=Path, required=True)
     p.add_argument("--junit", type=Path, required=True)
     p.add_argument("--key", type=Path, required=True)
     p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--playbook", type=Path, required=True)
     args = p.parse_args(argv)
     host = os.environ.get("GOLDSMITH_SPEC_HOST", "127.0.0.1")
     port = os.environ.get("GOLDSMITH_SPEC_PORT", "22")
     user = os.environ["GOLDSMITH_SPEC_USER"]
-    if not args.spec:
-        tools.log("spec", "no role of this image has specs (see the pre-flight's list)")
+    layers = json.loads(args.layers.read_text())
+    own = layers[-1]["image"]
+    parts: list[Path] = []
+    total = SpecResult(junit=args.junit)
+    for layer in layers:
+        if not layer["specs"]:
+            tools.log("spec", f"{layer['image']}: no role has specs (see the pre-flight's list)")
+            continue
+        junit = args.junit.with_suffix(f".{layer['image']}.xml")
+        if layer["image"] != own:
+            tools.log("spec", f"the specs of {layer['image']}, the image this one is layered on")
+        result = run(
+            [Path(d) for d in layer["specs"]],
+            hosts=f"ssh://{user}@{host}:{port}",
+            junit=junit,
+            root=args.root,
+            ssh_key=args.key,
+            sudo=True,
+            suite="spec" if layer["image"] == own else f"spec {layer['image']}",
+            playbook=Path(layer["playbook"]),
+        )
+        parts.append(junit)
+        total.passed += result.passed
+        total.skipped += result.skipped
+        total.failed += result.failed
+        total.failures += result.failures
+    if not parts:
         return 0
-    result = run(
-        args.spec,
-        hosts=f"ssh://{user}@{host}:{port}",
-        junit=args.junit,
-        root=args.root,
-        ssh_key=args.key,
-        sudo=True,
-        suite="spec",
-        playbook=args.playbook,
-    )
-    if not result.ok:
-        for f in result.failures:
+    merge_junit(parts, args.junit)
+    for part in parts:
+        part.unlink(missing_ok=True)
+    if not total.ok:
+        for f in total.failures:
             tools.log("spec", f"FAILED {f}")
-        tools.log("spec", f"{result.failed} spec(s) failed: the image will not be sealed")
+        tools.log("spec", f"{total.failed} spec(s) failed: the image will not be sealed")
         return 1
-    tools.log("spec", f"{result.passed} passed")
+    tools.log("spec", f"{total.passed} passed")
     return 0
 
 

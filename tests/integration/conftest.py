@@ -37,6 +37,16 @@ def invoke(root: Path, *args: str, timeout: float = 3600) -> subprocess.Complete
     return proc
 
 
+@pytest.fixture(scope="session")
+def proven_base() -> Path:
+    """`./run build --image base` in the real project, once for the whole suite: the dev
+    loop's web VM and the layered web bake start from it. On a fresh clone it bakes; where
+    base is already proven with the same inputs it is reused (the reuse is a test too)."""
+    proc = invoke(ROOT, "build", "--image", "base")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    return ROOT / "build" / "base" / "local"
+
+
 @pytest.fixture
 def scratch(tmp_path: Path) -> Path:
     """A copy of the project (catalogue, roles, playbooks, specs, packer) to break on purpose.

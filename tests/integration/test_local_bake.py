@@ -20,11 +20,9 @@ pytestmark = pytest.mark.bake
 
 
 @pytest.fixture(scope="module")
-def baked_base() -> Path:
-    """`./run build --image base` in the real project (reused by later tests of the suite)."""
-    proc = invoke(ROOT, "build", "--image", "base", "--force")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
-    return ROOT / "build" / "base" / "local"
+def baked_base(proven_base: Path) -> Path:
+    """base's proven local build in the real project (baked once for the suite)."""
+    return proven_base
 
 
 def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
@@ -75,6 +73,40 @@ def test_second_build_with_same_inputs_reuses_the_image(baked_base: Path) -> Non
     assert proc.returncode == 0
     assert "inputs unchanged" in proc.stdout
     assert (baked_base / "manifest.json").read_text() == before
+
+
+def test_web_bakes_from_bases_proven_image_and_is_proven_whole(baked_base: Path) -> None:
+    """web is layered on base: it provisions only its own playbook (nginx), its manifest
+    names base's build, and base's specs run on it as well as its own."""
+    base = json.loads((baked_base / "manifest.json").read_text())
+    proc = invoke(ROOT, "build", "--all")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    # base first (reused: its inputs are unchanged), then web from it.
+    assert "base: inputs unchanged" in proc.stdout
+    out = ROOT / "build" / "web" / "local"
+    web = json.loads((out / "manifest.json").read_text())
+    assert web["parent"] == {
+        "image": "base",
+        "fingerprint": base["fingerprint"],
+        "build_id": base["build_id"],
+    }
+    assert web["base"]["id"] == f"image base {base['fingerprint']}"
+    assert "nginx" in web["roles"] and "ssh_hardening" not in web["roles"]
+    # Provisioned only nginx's play: base's roles' tasks did not run again.
+    assert "TASK [ssh_hardening" not in proc.stdout and "TASK [nginx" in proc.stdout
+    # Proven whole: base's specs ran on web too (a suite of their own), then web's.
+    junit = (out / "junit.xml").read_text()
+    assert 'name="spec base"' in junit and 'name="spec"' in junit and "<failure" not in junit
+    assert "test_node_exporter" in junit and "test_nginx" in junit
+    assert {"nginx", "prometheus-node-exporter"} <= set(web["packages"])
+    assert web["specs"]["live"]["failed"] == 0
+    assert web["specs"]["live"]["passed"] > base["specs"]["live"]["passed"]
+    assert not qemu_processes(ROOT)
+    assert not list((ROOT / "build").glob(".work-*"))
+    # A second run reuses both.
+    proc = invoke(ROOT, "plan", "--target", "local", "--json")
+    rows = {r["image"]: r for r in json.loads(proc.stdout)}
+    assert rows["base"]["action"] == "reuse" and rows["web"]["action"] == "reuse"
 
 
 def plan_of(project: Path, image: str) -> dict:

@@ -91,9 +91,15 @@ def test_bad_buildspec_is_a_clear_error(tmp_path: Path) -> None:
 def test_project_buildspec_matches_the_catalogue_and_reports_junit() -> None:
     spec = buildspec.load(ROOT / "buildspec.yml")
     catalogue = load_catalogue(ROOT / "images.yml")
-    matrix = spec["batch"]["build-matrix"]["dynamic"]["env"]["variables"]["GOLDSMITH_IMAGES"]
+    # The build graph: checks once, then a build per AMI image after its parent's build.
+    graph = {b["identifier"]: b for b in spec["batch"]["build-graph"]}
+    assert graph["checks"]["env"]["variables"] == {"GOLDSMITH_BAKE": "0"}
     aws_images = {n for n, i in catalogue.images.items() if "aws" in i.targets}
-    assert set(matrix) == aws_images  # every AMI bakes in its own parallel build
+    assert set(graph) == aws_images | {"checks"}
+    for name in aws_images:
+        node = graph[name]
+        assert node["env"]["variables"] == {"GOLDSMITH_IMAGES": name, "GOLDSMITH_CHECKS": "0"}
+        assert node["depend-on"] == [catalogue.images[name].parent or "checks"]
     reports = {r["file-format"]: r for r in spec["reports"].values()}
     assert set(reports) == {"JUNITXML"}
     files = [f for r in spec["reports"].values() for f in r["files"]]

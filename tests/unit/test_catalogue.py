@@ -261,3 +261,102 @@ def test_load_accepts_a_relative_path(project: Project, monkeypatch: pytest.Monk
         catalogue.load(Path("images.yml"))
     # A person reads the path they typed, not the machine's absolute one.
     assert str(err.value).startswith("images.yml:")
+
+
+# --- layered images ----------------------------------------------------------------------
+
+LAYERED = """\
+bases:
+  debian12:
+    kind: debootstrap
+    suite: bookworm
+x-aws: &aws
+  ssh_username: admin
+  instance_type: t3.small
+  regions: [eu-west-1]
+  ssm_parameter: /goldsmith/{image}/latest
+images:
+  base:
+    base: debian12
+    playbook: playbooks/base.yml
+    targets: [local, twin]
+    aws:
+      <<: *aws
+      source_ami: {owners: ["136693071363"], name: "debian-12-amd64-*"}
+  web:
+    parent: base
+    playbook: playbooks/web.yml
+    targets: [local, twin]
+    aws: *aws
+  edge:
+    parent: web
+    playbook: playbooks/web.yml
+    targets: [local]
+"""
+
+
+def layered(project: Project, old: str = "", new: str = "") -> catalogue.Catalogue:
+    project.standard()
+    assert old in LAYERED
+    project.catalogue(LAYERED.replace(old, new, 1))
+    return catalogue.load(project.root / "images.yml")
+
+
+def layered_error(project: Project, old: str, new: str) -> str:
+    with pytest.raises(CatalogueError) as err:
+        layered(project, old, new)
+    return str(err.value)
+
+
+def test_a_layered_image_has_its_root_ancestors_base_and_its_chain(project: Project) -> None:
+    cat = layered(project)
+    edge = cat.image("edge")
+    assert edge.parent == "web" and cat.image("web").parent == "base"
+    assert edge.base is cat.bases["debian12"]
+    assert [i.name for i in cat.layers(edge)] == ["base", "web", "edge"]
+    assert [i.name for i in cat.children("base")] == ["web"]
+    # No source filter: the parent's AMI is the source.
+    assert cat.image("web").aws.source_ami_owners == ()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "    parent: base\n",
+            "    parent: bsae\n",
+            "images.yml:19: images.web.parent: no image called 'bsae' (did you mean 'base'?)",
+        ),
+        (
+            "    parent: base\n",
+            "    parent: base\n    base: debian12\n",
+            "images.yml:19: images.web.parent: an image names a base or a parent image, not both",
+        ),
+        (
+            "    parent: base\n",
+            "    parent: edge\n",
+            "images.yml:19: images.web.parent: parent images form a cycle: web -> edge -> web",
+        ),
+        (
+            "    targets: [local, twin]\n    aws: *aws\n",
+            "    targets: [local, aws]\n    aws: *aws\n",
+            "images.yml:19: images.web.parent: target(s) aws of 'web' are not targets of its "
+            "parent 'base' (it lists local, twin)",
+        ),
+        (
+            "    aws: *aws\n",
+            "    aws:\n      <<: *aws\n      source_ami: {owners: [self], name: x}\n",
+            "images.web.aws.source_ami: a layered image's AMI starts from its parent's proven "
+            "AMI, never a filter",
+        ),
+        (
+            "    parent: base\n",
+            "",
+            "images.web: missing required key 'base' (or 'parent', an image)",
+        ),
+    ],
+)
+def test_a_bad_parent_is_named_with_its_line(
+    project: Project, old: str, new: str, message: str
+) -> None:
+    assert message in layered_error(project, old, new)

@@ -18,6 +18,7 @@ from goldsmith.errors import GoldsmithError
 from goldsmith.roles import resolve
 from goldsmith.settings import Settings
 from goldsmith.targets import contract
+from goldsmith.targets.local import Local
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = {"packer": "Packer v1.6.6", "ansible-core": "2.19.14"}
@@ -243,3 +244,53 @@ def test_preflight_rejects_a_region_botocore_does_not_know(tmp_path: Path) -> No
         resolve(img.playbook, root),
     )
     amazon.Amazon("aws").check(ok)
+
+
+def test_a_layered_image_is_fingerprinted_with_its_parent(tmp_path: Path) -> None:
+    """web is layered on base: a change in nginx rebakes web only, one in base both."""
+    from goldsmith import pipeline
+
+    root = copy_project(tmp_path)
+
+    def fingerprints() -> dict[str, str]:
+        return {r["image"]: r["fingerprint"] for r in pipeline.plan_all(root, target="local")}
+
+    first = fingerprints()
+    web = pipeline.plan(root, "web", "local")
+    assert [x.image.name for x in web.layers] == ["base", "web"]
+    inputs = pipeline.decide(web, Local(), pipeline.source_of(web, Local(), prepare=False)).inputs
+    assert inputs["base"] == f"image base {first['base']}"
+    # web's own playbook applies nginx, not base's roles again.
+    assert "roles/nginx/tasks/main.yml" in inputs and "roles/base/tasks/main.yml" not in inputs
+
+    with (root / "roles/nginx/tasks/main.yml").open("a") as f:
+        f.write("# edited\n")
+    after_nginx = fingerprints()
+    assert after_nginx["base"] == first["base"] and after_nginx["web"] != first["web"]
+
+    with (root / "roles/base/tasks/main.yml").open("a") as f:
+        f.write("# edited\n")
+    after_base = fingerprints()
+    assert after_base["base"] != after_nginx["base"] and after_base["web"] != after_nginx["web"]
+
+    # A bake of web needs base's proven build with base's current inputs.
+    with pytest.raises(GoldsmithError, match=r"web is layered on base, which has no proven "):
+        pipeline.source_of(web, Local(), prepare=True)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_build_all_orders_the_layers_and_skips_the_children_of_a_failure(
+    tmp_path: Path, jobs: int
+) -> None:
+    """A parent that fails (here in pre-flight: a spec that does not load, so no VM starts)
+    leaves its children unbuilt; with --jobs above 1 each bake is a process of its own."""
+    from goldsmith import graph
+
+    root = copy_project(tmp_path)
+    assert graph.order(load(root / "images.yml"), ["web"]) == ["base", "web"]
+    (root / "tests/spec/base/test_broken.py").write_text("def test_x(host:\n    pass\n")
+    outcomes = graph.build_all(root, ["web"], "local", jobs=jobs)
+    assert [(o.image, o.state) for o in outcomes] == [("base", "failed"), ("web", "skipped")]
+    assert "the specs do not load" in outcomes[0].detail
+    assert outcomes[1].detail == "its parent base failed"
+    assert not (root / "build/base").exists() and not (root / "build/web").exists()

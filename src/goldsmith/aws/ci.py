@@ -14,10 +14,13 @@ from ..paths import project_root
 
 
 def images_for(target: str, names: list[str]) -> list[str]:
-    """The images to bake: `names` if given (each must exist and have `target`), else all."""
+    """The images to bake: `names` if given (each must exist and have `target`), else all
+    (every parent before the images layered on it)."""
+    from ..graph import order
+
     catalogue = load(project_root() / "images.yml")
     if not names:
-        return [n for n, i in catalogue.images.items() if target in i.targets]
+        return order(catalogue, [n for n, i in catalogue.images.items() if target in i.targets])
     for n in names:
         if n not in catalogue.images:
             raise GoldsmithError(f"GOLDSMITH_IMAGES: no image named {n!r} in images.yml")

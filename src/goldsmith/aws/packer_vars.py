@@ -47,6 +47,7 @@ def packer_vars(
     private_key_file: str = "",
     ssh_source_cidrs: list[str] | None = None,
     ami_name: str = "",
+    source_ami: str = "",
 ) -> dict[str, Any]:
     """Variables for the amazon-ebs source, typed as the template declares them.
 
@@ -61,6 +62,7 @@ def packer_vars(
         "aws_endpoint_ec2": endpoint,
         "aws_source_ami_owners": list(settings.source_ami_owners),
         "aws_source_ami_name": settings.source_ami_name,
+        "aws_source_ami": source_ami,
         "aws_instance_type": settings.instance_type,
         "aws_encrypt_boot": settings.encrypt_boot,
         "aws_kms_key_id": settings.kms_key_id,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -147,11 +148,18 @@ def up(root: Path) -> Twin:
     return twin
 
 
+def disk_of(root: Path, ami: str) -> Path:
+    """Where the twin keeps the disk behind one of its AMIs (the stand-in's sealed disk),
+    so an image layered on it boots from what that AMI holds, as on EC2."""
+    return state_dir(root) / "disks" / f"{ami}.qcow2"
+
+
 def down(root: Path) -> bool:
     """Stop the twin; return whether one was running. Its state is gone with it."""
     d = state_dir(root)
     was = running(root)
     _stop_stale(d)
+    shutil.rmtree(d / "disks", ignore_errors=True)
     if was:
         log("twin", f"stopped (pid {was.pid})")
     return was is not None
@@ -195,6 +203,7 @@ def reset(root: Path) -> None:
     req = urllib.request.Request(endpoint(root) + "/moto-api/reset", method="POST", data=b"")
     with urllib.request.urlopen(req, timeout=10):
         pass
+    shutil.rmtree(state_dir(root) / "disks", ignore_errors=True)
 
 
 def seeded_amis() -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .. import base_disk, outputs, tools, vm
+from .. import base_disk, disk, outputs, tools, vm
 from ..aws import amis, imds, keys, packer_vars, publish, reaper, report, twin
 from ..aws.clients import Aws
 from ..catalogue import AwsSettings
@@ -126,6 +126,24 @@ class Amazon:
         details = {"source_ami": found["ImageId"], "source_ami_name": found.get("Name", "")}
         return Source(base_id, details, disk=stand_in)
 
+    def from_parent(self, plan: Plan, proven: dict[str, Any] | None) -> Source:
+        """The parent's proven AMI in the build region, by its id (never a filter); on the
+        twin, the stand-in boots from the disk the twin kept behind that AMI."""
+        assert plan.parent is not None
+        if proven is None:
+            return Source("", {})
+        ami, parent = proven["ami"], plan.parent.image.name
+        stand_in = None
+        if self.on_twin:
+            stand_in = twin.disk_of(plan.root, ami)
+            if not stand_in.is_file():
+                raise GoldsmithError(
+                    f"{plan.image.name}: the twin holds {parent}'s AMI {ami} but not the disk "
+                    f"behind it (it was baked before the twin kept disks): rebake {parent} "
+                    f"with `./run build --image {parent} --target twin --force`"
+                )
+        return Source("", {"source_ami": ami, "source_ami_name": parent}, disk=stand_in)
+
     def last_proven(self, plan: Plan, fingerprint: str | None) -> dict[str, Any] | None:
         """The newest available AMI of this image with `fingerprint` (found by its tags)."""
         region = self.region(plan)
@@ -152,13 +170,12 @@ class Amazon:
             "artifact_label": f"{ami['ImageId']} in {region}",
         }
 
-    def reuse(self, plan: Plan, proven: dict[str, Any]) -> Path:
+    def reuse(self, plan: Plan, proven: dict[str, Any], source: Source) -> Path:
         tools.log(
             "build",
             f"{plan.image.name}: inputs unchanged (fingerprint {proven['fingerprint'][:12]}); "
             f"reusing {proven['ami']} in {proven['region']} (--force to rebake)",
         )
-        source = self.source(plan, prepare=False)
         run = f"reused-{proven['build_id']}"
         record = manifest(
             plan,
@@ -225,9 +242,13 @@ class Amazon:
             t = time.monotonic()
             # The AMI's user exists before the build on EC2 (cloud-init made it), so the
             # seal keeps it: on the stand-in too, or the twin would not prove what ships.
+            boot = bake.source.disk
+            if plan.parent is not None:
+                # The parent's sealed disk: its build login goes back into a copy.
+                boot = disk.with_build_access(boot, bake.work.path / "parent.raw")
             bake.state["machine"] = vm.up(
                 name,
-                bake.source.disk,
+                boot,
                 root=plan.root,
                 key=bake.key,
                 user=bake.build_user,
@@ -248,6 +269,7 @@ class Amazon:
             keypair_name=bake.state["keypair"],
             private_key_file=str(bake.key),
             ssh_source_cidrs=list(plan.settings.aws_ssh_cidrs) or None,
+            source_ami=bake.source.details.get("source_ami", "") if plan.parent else "",
         )
         if self.on_twin:
             # The seal powers the stand-in off, as EC2's stop would, so its disk is clean
@@ -296,6 +318,15 @@ class Amazon:
             bake, machine.dir / "disk.qcow2", "no AMI published", build_user_kept=True
         )
         proof.how = "the seal's self-check, and the hygiene spec on the stand-in's disk"
+        if plan_has_children(bake.plan):
+            # What the AMI holds, for the images layered on it (standalone: no backing file).
+            kept = twin.disk_of(bake.plan.root, bake.state["ami"])
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            tools.run(
+                ["qemu-img", "convert", "-O", "qcow2", machine.dir / "disk.qcow2", kept],
+                prefix="twin",
+            )
+            bake.state["kept_disk"] = kept
         return proof
 
     def cleanup(self, bake: Bake, failed: bool) -> list[str]:
@@ -313,6 +344,8 @@ class Amazon:
             )
         for name in bake.work.owner.get("vms", []):
             vm.down(name, bake.plan.root)
+        if failed and bake.state.get("kept_disk"):
+            bake.state["kept_disk"].unlink(missing_ok=True)
         return problems
 
     def after_commit(self, plan: Plan, manifest_path: Path) -> None:
@@ -352,6 +385,11 @@ class Amazon:
         except GoldsmithError as err:
             return [f"AWS resources of {build_id}: {err}"]
         return [] if done.empty() else [f"AWS: {done.summary()}"]
+
+
+def plan_has_children(plan: Plan) -> bool:
+    """Whether an image of the catalogue is layered on this one for this target."""
+    return any(plan.target in c.targets for c in plan.catalogue.children(plan.image.name))
 
 
 def publish_manifest(

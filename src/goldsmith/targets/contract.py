@@ -34,6 +34,12 @@ class Plan:
     target: str
     role_map: RoleMap  # the playbook, resolved once for the whole build
     settings: Settings = field(default_factory=Settings)
+    parent: Plan | None = None  # a layered image's parent, on the same target
+
+    @property
+    def layers(self) -> list[Plan]:
+        """The plans whose playbooks made the image: root ancestor first, this one last."""
+        return [*(self.parent.layers if self.parent else []), self]
 
 
 @dataclass
@@ -43,6 +49,8 @@ class Source:
     id: str
     details: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest
     disk: Path | None = None  # a local disk it boots from (not recorded: machine-specific)
+    # A layered image's parent build: image, fingerprint, build id (recorded as "parent").
+    parent: dict[str, Any] | None = None
 
 
 @dataclass
@@ -96,10 +104,14 @@ class Target(Protocol):
         """Find what the machine boots from (with `prepare`, build a local base disk it
         needs); creates no cloud resource."""
 
+    def from_parent(self, plan: Plan, proven: dict[str, Any] | None) -> Source:
+        """A layered image's source: its parent's proven build on this target (`proven`,
+        its manifest; None when planning only). The pipeline sets `id` and `parent`."""
+
     def last_proven(self, plan: Plan, fingerprint: str | None) -> dict[str, Any] | None:
         """The manifest of the last proven build (with that fingerprint, if given)."""
 
-    def reuse(self, plan: Plan, proven: dict[str, Any]) -> Path:
+    def reuse(self, plan: Plan, proven: dict[str, Any], source: Source) -> Path:
         """Record (and publish) a reused build; return its manifest path."""
 
     def build_user(self, plan: Plan) -> str:
@@ -161,6 +173,7 @@ def manifest(
         "inputs": inputs,
         "base": {"name": image.base.name, "kind": image.base.kind, "id": source.id}
         | source.details,
+        **({"parent": source.parent} if source.parent else {}),
         "roles": list(plan.role_map.roles if roles is None else roles),
         "uncovered_roles": list(plan.role_map.uncovered),
         # Pinned third-party content the image uses, with the versions installed.

@@ -63,13 +63,20 @@ class Local:
             return Source(path.parent.name, {"checksum": "none"}, disk=path)
         return Source(base.checksum, {"url": base.url, "checksum": base.checksum})
 
+    def from_parent(self, plan: Plan, proven: dict[str, Any] | None) -> Source:
+        assert plan.parent is not None
+        if proven is None:
+            return Source("", {})
+        d = outputs.target_dir(plan.root, plan.parent.image.name, self.name)
+        return Source("", {"parent_artifact": proven["artifact"]}, disk=d / proven["artifact"])
+
     def last_proven(self, plan: Plan, fingerprint: str | None) -> dict[str, Any] | None:
         proven = outputs.read_proven(plan.root, plan.image.name, self.name)
         if proven is None or (fingerprint and proven.fingerprint != fingerprint):
             return None
         return proven.manifest
 
-    def reuse(self, plan: Plan, proven: dict[str, Any]) -> Path:
+    def reuse(self, plan: Plan, proven: dict[str, Any], source: Source) -> Path:
         d = outputs.target_dir(plan.root, plan.image.name, self.name)
         tools.log(
             "build",
@@ -82,14 +89,20 @@ class Local:
         return vm.BUILD_USER
 
     def start(self, bake: Bake) -> None:
-        pass
+        if bake.plan.parent is not None and bake.source.disk is not None:
+            # The parent's sealed disk has no build login: a copy gets the credential unit
+            # back (the seal takes it out again); the parent's own file is not touched.
+            tools.log("build", f"{bake.plan.image.name}: from {bake.source.disk.name}, layered")
+            bake.state["boot_disk"] = disk.with_build_access(
+                bake.source.disk, bake.work.path / "parent.raw"
+            )
 
     def packer_vars(self, bake: Bake) -> dict[str, Any]:
         plan, src = bake.plan, bake.source
-        local_disk = src.disk
+        local_disk = bake.state.get("boot_disk") or src.disk
         values: dict[str, Any] = {
             "base_image": str(local_disk) if local_disk else src.details["url"],
-            "base_checksum": src.details["checksum"],
+            "base_checksum": src.details.get("checksum", "none"),
             "build_credential": vm.smbios_credential(bake.public_key, bake.build_user),
             "accelerator": vm.accelerator(
                 plan.root,

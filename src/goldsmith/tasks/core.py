@@ -54,20 +54,41 @@ def base(c, name=None):
 
 
 @task(
+    iterable=["image"],
     help={
-        "image": "image to bake (a key of `images` in images.yml); default: base",
+        "image": "image to bake (a key of `images` in images.yml; again for several); "
+        "default: base. The images it is layered on are baked first (or reused)",
+        "all": "every image of the catalogue with this target, parents before children",
         "target": f"where to bake: {', '.join(targets.names())} (default local)",
-        "force": "rebake even when the inputs' fingerprint matches the last proven build",
-    }
+        "force": "rebake the images named even when their inputs' fingerprint matches the "
+        "last proven build",
+        "jobs": "with several images: how many bakes run at once (default 1)",
+    },
 )
 @user_errors
-def build(c, image="base", target="local", force=False):
+def build(c, image=None, all_=False, target="local", force=False, jobs=1):
     """Bake an image: pre-flight, bake with Packer, prove with specs, seal, record the manifest."""
-    from ..pipeline import build as bake
-
     root = project_root()
-    manifest = bake(root, image, target=target, force=force, settings=settings(c))
-    print(f"manifest: {manifest.relative_to(root)}")
+    names = list(image or [])
+    if all_:
+        catalogue = load(root / "images.yml")
+        names = [n for n, i in catalogue.images.items() if target in i.targets]
+    elif not names:
+        names = ["base"]
+    if len(names) == 1 and int(jobs) == 1:
+        from ..pipeline import build as bake
+
+        manifest = bake(root, names[0], target=target, force=force, settings=settings(c))
+        print(f"manifest: {manifest.relative_to(root)}")
+        return
+    from ..graph import build_all
+
+    outcomes = build_all(root, names, target, force=force, jobs=int(jobs), settings=settings(c))
+    for o in outcomes:
+        print(f"{o.image:<12} {o.state:<8} {o.detail}")
+    bad = [o.image for o in outcomes if o.state != "proven"]
+    if bad:
+        raise Exit(f"error: not proven: {', '.join(bad)}", code=1)
 
 
 @task(
