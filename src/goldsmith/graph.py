@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -165,6 +166,7 @@ class _Runner:
             stdin=subprocess.DEVNULL,
             text=True,
             bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # its lines as they come
         )
         proc.lines = []  # type: ignore[attr-defined]
 

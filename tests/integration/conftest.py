@@ -96,3 +96,33 @@ def add_mini_image(project: Path, spec_body: str, targets: tuple[str, ...] = ("l
     text = (project / "images.yml").read_text()
     text = text.replace("\nimages:\n", entry, 1)
     (project / "images.yml").write_text(text)
+
+
+KID_SPEC = (
+    "def test_kid_marker(host):\n    assert host.file('/etc/kid').content_string == 'layered\\n'\n"
+)
+
+
+def add_kid_image(project: Path, targets: tuple[str, ...] = ("local",)) -> None:
+    """`kid`, layered on `mini` (add_mini_image first): one role writing /etc/kid, and its
+    spec. mini's spec runs on kid too, so kid is proven whole."""
+    (project / "roles/kid/tasks").mkdir(parents=True)
+    (project / "roles/kid/tasks/main.yml").write_text(
+        "---\n- name: Write the layer's marker file\n  ansible.builtin.copy:\n"
+        '    dest: /etc/kid\n    content: "layered\\n"\n    mode: "0644"\n'
+    )
+    (project / "playbooks/kid.yml").write_text(
+        "---\n- name: Kid\n  hosts: all\n  become: true\n  roles: [kid]\n"
+    )
+    (project / "tests/spec/kid").mkdir(parents=True)
+    (project / "tests/spec/kid/test_kid.py").write_text(KID_SPEC)
+    entry = (
+        "\nimages:\n  kid:\n    parent: mini\n    playbook: playbooks/kid.yml\n"
+        f"    targets: [{', '.join(targets)}]\n"
+    )
+    if {"twin", "aws"} & set(targets):
+        aws = yaml.safe_load((project / "images.yml").read_text())["images"]["base"]["aws"]
+        aws.pop("source_ami")  # a layered image's source is its parent's AMI
+        entry += textwrap.indent(yaml.safe_dump({"aws": aws}, sort_keys=False), "    ")
+    text = (project / "images.yml").read_text()
+    (project / "images.yml").write_text(text.replace("\nimages:\n", entry, 1))

@@ -1,11 +1,10 @@
 """The role developer's loop on a real VM, and specs against any host.
 
 One dev VM for the web image serves the whole module (a converge under TCG takes
-minutes). web is layered on base, so the VM boots from base's proven build (the suite's
-one base bake) and a converge applies web's own playbook: up, converge, verify,
-idempotence of every shipped role, `./run spec` against it (by address and by inventory)
-and against a VM of base's image alone, then edits in throwaway copies of the project
-(their .cache is the real one, so they reach the same VM by name), then down.
+minutes): up, converge, verify, idempotence of every shipped role, `./run spec` against
+it (by address and by inventory) and against a bare base VM, then edits in throwaway
+copies of the project (their .cache is the real one, so they reach the same VM by name),
+then down.
 Tests run in file order; the ones that edit the VM's roles come last.
 """
 
@@ -56,7 +55,7 @@ def passed_cases(junit: Path) -> list[ET.Element]:
 
 
 @pytest.fixture(scope="module")
-def dev_vm(proven_base: Path):
+def dev_vm():
     """`./run up --image web`: a dev VM kept running for the module; down at the end."""
     invoke(ROOT, "down", "--name", NAME)  # left over from an interrupted run
     proc = invoke(ROOT, "up", "--image", "web", "--name", NAME)
@@ -75,7 +74,7 @@ def converged(dev_vm: devloop.DevVM) -> devloop.DevVM:
     return dev_vm
 
 
-def test_up_boots_a_dev_vm_from_the_parents_build_kept_running(dev_vm: devloop.DevVM) -> None:
+def test_up_boots_a_dev_vm_from_the_base_kept_running(dev_vm: devloop.DevVM) -> None:
     assert dev_vm.image == "web" and dev_vm.machine.running()
     assert set(dev_vm.machine.forwards) == {22, 80, 9100}
     assert ours(NAME), "the dev VM is not running"
@@ -100,41 +99,12 @@ def test_converge_applies_the_web_playbook_and_verify_passes(converged: devloop.
     assert len(passed_cases(ROOT / "build/dev" / f"{NAME}-junit.xml")) > 5
 
 
-EVERY_ROLE = """\
----
-# base's playbook and web's in one: every shipped role, on the web dev VM.
-- name: Every shipped role
-  hosts: all
-  become: true
-  roles:
-    - role: base
-    - role: ssh_hardening
-    - role: node_exporter
-    - role: nginx
-    - role: self_healing
-      vars:
-        self_healing_services:
-          - name: ssh
-          - name: prometheus-node-exporter
-            memory_high: 96M
-            memory_max: 128M
-          - name: nginx
-            memory_high: 384M
-            memory_max: 512M
-"""
-
-
-def test_idempotence_passes_for_every_shipped_role(converged: devloop.DevVM, scratch: Path) -> None:
-    """web's VM holds base's roles (baked) and web's (converged): one playbook of every
-    shipped role converges on it, then a second converge must change nothing."""
-    (scratch / "playbooks/web.yml").write_text(EVERY_ROLE)
+def test_idempotence_passes_for_every_shipped_role(converged: devloop.DevVM) -> None:
     shipped = {p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir()}
-    assert set(resolve(scratch / "playbooks/web.yml", scratch).roles) == shipped, (
-        "the playbook must apply every shipped role for this test to prove them all"
+    assert set(resolve(ROOT / "playbooks/web.yml", ROOT).roles) == shipped, (
+        "the web playbook must apply every shipped role for this test to prove them all"
     )
-    proc = invoke(scratch, "converge", "--image", "web", "--name", NAME)
-    assert proc.returncode == 0, out(proc)[-3000:]
-    proc = invoke(scratch, "idempotence", "--image", "web", "--name", NAME)
+    proc = invoke(ROOT, "idempotence", "--image", "web", "--name", NAME)
     assert proc.returncode == 0, out(proc)[-5000:]
     assert "the second converge changed nothing" in proc.stdout
     assert re.search(rf"{NAME}\s+: ok=\d+\s+changed=0 ", proc.stdout)
@@ -187,9 +157,7 @@ def test_spec_by_inventory_reads_group_vars_and_patterns(
     assert suites == ["dev-web1"] and len(passed_cases(junit)) > 5
 
 
-def test_spec_against_a_vm_of_base_alone_fails_naming_what_web_adds(
-    converged: devloop.DevVM,
-) -> None:
+def test_spec_against_a_bare_base_vm_fails_naming_missing_pieces(converged: devloop.DevVM) -> None:
     proc = invoke(ROOT, "up", "--image", "web", "--name", BARE)
     assert proc.returncode == 0, out(proc)[-3000:]
     try:
@@ -208,10 +176,8 @@ def test_spec_against_a_vm_of_base_alone_fails_naming_what_web_adds(
         invoke(ROOT, "down", "--name", BARE)
     assert proc.returncode != 0
     failed = [line for line in proc.stderr.splitlines() if "::" in line]
-    # The VM is base's proven build: what base's roles made is there, nginx is not.
-    assert any("test_nginx" in line for line in failed), proc.stderr[-3000:]
-    assert any("self_healing" in line and "nginx" in line for line in failed), proc.stderr[-3000:]
-    assert not any("node_exporter" in line for line in failed), proc.stderr[-3000:]
+    assert any("nginx" in line for line in failed), proc.stderr[-3000:]
+    assert any("node_exporter" in line for line in failed), proc.stderr[-3000:]
     assert (ROOT / "build/spec/web-junit.xml").is_file()
     assert not ours(BARE), "the bare VM outlived `./run down`"
 

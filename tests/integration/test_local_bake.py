@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, add_mini_image, invoke, qemu_processes
+from conftest import ROOT, add_kid_image, add_mini_image, invoke, qemu_processes
 
 from goldsmith import disk, vm
 
@@ -73,40 +73,6 @@ def test_second_build_with_same_inputs_reuses_the_image(baked_base: Path) -> Non
     assert proc.returncode == 0
     assert "inputs unchanged" in proc.stdout
     assert (baked_base / "manifest.json").read_text() == before
-
-
-def test_web_bakes_from_bases_proven_image_and_is_proven_whole(baked_base: Path) -> None:
-    """web is layered on base: it provisions only its own playbook (nginx), its manifest
-    names base's build, and base's specs run on it as well as its own."""
-    base = json.loads((baked_base / "manifest.json").read_text())
-    proc = invoke(ROOT, "build", "--all")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
-    # base first (reused: its inputs are unchanged), then web from it.
-    assert "base: inputs unchanged" in proc.stdout
-    out = ROOT / "build" / "web" / "local"
-    web = json.loads((out / "manifest.json").read_text())
-    assert web["parent"] == {
-        "image": "base",
-        "fingerprint": base["fingerprint"],
-        "build_id": base["build_id"],
-    }
-    assert web["base"]["id"] == f"image base {base['fingerprint']}"
-    assert "nginx" in web["roles"] and "ssh_hardening" not in web["roles"]
-    # Provisioned only nginx's play: base's roles' tasks did not run again.
-    assert "TASK [ssh_hardening" not in proc.stdout and "TASK [nginx" in proc.stdout
-    # Proven whole: base's specs ran on web too (a suite of their own), then web's.
-    junit = (out / "junit.xml").read_text()
-    assert 'name="spec base"' in junit and 'name="spec"' in junit and "<failure" not in junit
-    assert "test_node_exporter" in junit and "test_nginx" in junit
-    assert {"nginx", "prometheus-node-exporter"} <= set(web["packages"])
-    assert web["specs"]["live"]["failed"] == 0
-    assert web["specs"]["live"]["passed"] > base["specs"]["live"]["passed"]
-    assert not qemu_processes(ROOT)
-    assert not list((ROOT / "build").glob(".work-*"))
-    # A second run reuses both.
-    proc = invoke(ROOT, "plan", "--target", "local", "--json")
-    rows = {r["image"]: r for r in json.loads(proc.stdout)}
-    assert rows["base"]["action"] == "reuse" and rows["web"]["action"] == "reuse"
 
 
 def plan_of(project: Path, image: str) -> dict:
@@ -262,6 +228,50 @@ def test_drill_failed_rebuild_keeps_the_proven_image_which_is_then_reused(
     spec.write_text(GOOD_SPEC)
     again = invoke(mini_project, "build", "--image", "mini")
     assert again.returncode == 0 and "inputs unchanged" in again.stdout
+
+
+def test_a_layered_image_bakes_from_its_parents_proven_build_and_is_proven_whole(
+    mini_project: Path,
+) -> None:
+    """kid is layered on mini (proven by the drills above): --jobs 2 runs each bake in a
+    process of its own, mini first (reused), then kid from mini's qcow2. kid provisions
+    only its own role, mini's spec runs on it too, and its qcow2 stands alone."""
+    add_kid_image(mini_project)
+    mini = json.loads((mini_project / "build/mini/local/manifest.json").read_text())
+    proc = invoke(mini_project, "build", "--image", "kid", "--image", "mini", "--jobs", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert "[mini] [build] mini: inputs unchanged" in proc.stdout
+    assert "TASK [kid : Write the layer's marker file]" in proc.stdout
+    assert "TASK [mini :" not in proc.stdout
+    out = mini_project / "build/kid/local"
+    kid = json.loads((out / "manifest.json").read_text())
+    assert kid["parent"] == {
+        "image": "mini",
+        "fingerprint": mini["fingerprint"],
+        "build_id": mini["build_id"],
+    }
+    assert kid["roles"] == ["kid"] and kid["base"]["id"] == f"image mini {mini['fingerprint']}"
+    junit = (out / "junit.xml").read_text()
+    assert 'name="spec mini"' in junit and 'name="spec"' in junit and "<failure" not in junit
+    assert "test_marker_says_hello" in junit and "test_kid_marker" in junit
+    assert kid["specs"]["live"]["passed"] == 2 and kid["specs"]["hygiene"]["failed"] == 0
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(out / "kid.qcow2")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert "backing-filename" not in info, "the child's qcow2 must stand alone"
+    assert leftovers(mini_project) == []
+    # A change in the child's role rebakes the child only; one in the parent's, both.
+    with (mini_project / "roles/kid/tasks/main.yml").open("a") as f:
+        f.write("# edited\n")
+    assert [plan_of(mini_project, i)["action"] for i in ("mini", "kid")] == ["reuse", "rebake"]
+    with (mini_project / "roles/mini/tasks/main.yml").open("a") as f:
+        f.write("# edited\n")
+    assert [plan_of(mini_project, i)["action"] for i in ("mini", "kid")] == ["rebake", "rebake"]
 
 
 def test_spec_that_does_not_load_fails_before_any_vm(scratch: Path) -> None:

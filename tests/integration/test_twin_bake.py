@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, add_mini_image, invoke, qemu_processes
+from conftest import ROOT, add_kid_image, add_mini_image, invoke, qemu_processes
 
 from goldsmith.aws import amis, buildspec, reaper, ssm, twin
 from goldsmith.aws.clients import Aws
@@ -101,7 +101,7 @@ def leftovers(aws: Aws, region: str, build_id: str, image: str) -> list[str]:
 
 def build_id_of(output: str) -> str:
     """The build id a bake announced ("[build] mini: build mini-<time>-<pid> in ...")."""
-    found = re.search(r"build ((?:mini|web|base)-\d{8}T\d{6}Z-\d+) in ", output)
+    found = re.search(r"build ((?:mini|kid|web|base)-\d{8}T\d{6}Z-\d+) in ", output)
     assert found, "the bake must announce its build id"
     return found.group(1)
 
@@ -194,6 +194,39 @@ def test_dirty_seal_fails_on_the_instance_and_registers_no_ami(
     )["Snapshots"]
     assert snaps == []
     assert vm_leftovers(scratch, build_id) == []
+
+
+def test_a_layered_image_on_the_twin_starts_from_its_parents_ami(
+    scratch: Path, twin_aws: Aws
+) -> None:
+    """kid is layered on mini: `./run build --image kid --target twin` bakes mini first,
+    then kid from mini's AMI by id (Packer's filter is that id, owner self), its stand-in
+    booted from the disk the twin kept behind that AMI; mini's spec runs on kid too."""
+    add_mini_image(
+        scratch,
+        "def test_marker_says_hello(host):\n"
+        "    assert host.file('/etc/mini').content_string == 'hello\\n'\n",
+        targets=("local", "twin"),
+    )
+    add_kid_image(scratch, targets=("local", "twin"))
+    proc = invoke(scratch, "build", "--target", "twin", "--image", "kid")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    mini = json.loads((scratch / "build/mini/twin/manifest.json").read_text())
+    kid = json.loads((scratch / "build/kid/twin/manifest.json").read_text())
+    assert kid["base"]["source_ami"] == mini["ami"]
+    assert kid["parent"]["image"] == "mini" and kid["parent"]["fingerprint"] == mini["fingerprint"]
+    assert f"Found Image ID: {mini['ami']}" in out
+    assert twin.disk_of(ROOT, mini["ami"]).is_file()
+    assert kid["specs"]["live"]["passed"] == 2 and kid["specs"]["hygiene"]["failed"] == 0
+    junit = (scratch / "build/kid/twin/junit.xml").read_text()
+    assert 'name="spec mini"' in junit and "<failure" not in junit
+    region = MINI_REGIONS[0]
+    image = aws_cli(region, "ec2", "describe-images", "--image-ids", kid["ami"])["Images"][0]
+    assert {t["Key"]: t["Value"] for t in image["Tags"]}[amis.TAG_IMAGE] == "kid"
+    for build in (mini, kid):
+        assert leftovers(twin_aws, region, build["build_id"], build["image"]) == []
+        assert vm_leftovers(scratch, build["build_id"]) == []
 
 
 def test_buildspec_bakes_web_on_the_twin_and_publishes_it(twin_aws: Aws) -> None:

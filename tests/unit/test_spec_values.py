@@ -28,9 +28,7 @@ def test_the_playbook_sets_self_healings_services_per_image(monkeypatch) -> None
     monkeypatch.setenv("GOLDSMITH_PLAYBOOK", str(ROOT / "playbooks/web.yml"))
     web = [s["name"] for s in conftest.expected("self_healing")["self_healing_services"]]
     assert base == ["ssh", "prometheus-node-exporter"]
-    # web is layered on base: its playbook lists only the service it adds (base's specs,
-    # run on web too, read base's playbook).
-    assert web == ["nginx"]
+    assert web == ["ssh", "prometheus-node-exporter", "nginx"]
 
 
 def test_play_vars_then_the_role_entrys_own(tmp_path: Path) -> None:

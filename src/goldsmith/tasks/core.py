@@ -157,13 +157,20 @@ def test(c, fast=False, k=None):
     if not fast:
         system_setup.ensure(root)
         lint(c)
-    paths = ["tests/unit"] if fast else ["tests/unit", "tests/integration"]
-    argv = [sys.executable, "-m", "pytest", *paths, "-v", "-rfEs", "--color=no"]
-    if k:
-        argv += ["-k", k]
-    code = subprocess.run(argv, cwd=root).returncode
-    if code != 0:
-        raise Exit(f"tests failed (pytest exit code {code})", code=code)
+    common = ["-v", "-rfEs", "--color=no"] + (["-k", k] if k else [])
+    # Unit tests on every core (each test owns its folders); the bakes one after the other
+    # in a second run, sharing what the session baked.
+    runs = [["tests/unit", "-n", "auto", *common]]
+    if not fast:
+        runs.append(["tests/integration", *common])
+    failed = []
+    for args in runs:
+        code = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=root).returncode
+        # 5: -k selected nothing in this folder, which is not a failure of the suite.
+        if code not in (0, 5) or (code == 5 and not k):
+            failed.append(f"{args[0]} (pytest exit code {code})")
+    if failed:
+        raise Exit(f"tests failed: {', '.join(failed)}", code=1)
 
 
 @task(help={"image": "image to bake for the benchmark (default: base)"})
