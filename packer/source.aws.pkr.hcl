@@ -12,6 +12,13 @@ locals {
     "goldsmith:build-id"    = var.aws_build_id
     "goldsmith:roles"       = var.aws_roles
   }
+  # The source of an image that is not layered: found by name, of the expected kind.
+  aws_source_by_name = {
+    name                = var.aws_source_ami_name
+    architecture        = "x86_64"
+    root-device-type    = "ebs"
+    virtualization-type = "hvm"
+  }
   aws_ami_name = var.aws_ami_name != "" ? var.aws_ami_name : "goldsmith-${var.aws_image}-${formatdate("YYYYMMDDhhmmss", timestamp())}"
 }
 
@@ -19,19 +26,15 @@ source "amazon-ebs" "aws" {
   region              = var.aws_region
   custom_endpoint_ec2 = var.aws_endpoint_ec2
 
-  # A layered image starts from its parent's proven AMI, by id (aws_source_ami); any
-  # other from the newest AMI whose name matches, among the catalogue's owners.
+  # A layered image starts from its parent's proven AMI, by its id alone (aws_source_ami);
+  # any other from the newest available AMI whose name matches, among the catalogue's
+  # owners, of the architecture and kind the build expects.
   source_ami_filter {
     owners      = var.aws_source_ami != "" ? ["self"] : var.aws_source_ami_owners
     most_recent = true
     filters = merge(
-      {
-        state               = "available"
-        architecture        = "x86_64"
-        root-device-type    = "ebs"
-        virtualization-type = "hvm"
-      },
-      var.aws_source_ami != "" ? { image-id = var.aws_source_ami } : { name = var.aws_source_ami_name },
+      { state = "available" },
+      var.aws_source_ami != "" ? { image-id = var.aws_source_ami } : local.aws_source_by_name,
     )
   }
 

@@ -246,11 +246,24 @@ def test_preflight_rejects_a_region_botocore_does_not_know(tmp_path: Path) -> No
     amazon.Amazon("aws").check(ok)
 
 
+def layer_web_on_base(root: Path) -> Path:
+    """The copy's web layered on base: `parent: base`, and a playbook of nginx alone."""
+    cat = root / "images.yml"
+    text = cat.read_text()
+    web = text.index("  web:\n")  # the last entry: it is replaced whole
+    layered = "  web:\n    parent: base\n    playbook: playbooks/web.yml\n    targets: [local]\n"
+    cat.write_text(text[:web] + layered)
+    (root / "playbooks/web.yml").write_text(
+        "---\n- name: Web\n  hosts: all\n  become: true\n  roles: [nginx]\n"
+    )
+    return root
+
+
 def test_a_layered_image_is_fingerprinted_with_its_parent(tmp_path: Path) -> None:
     """web is layered on base: a change in nginx rebakes web only, one in base both."""
     from goldsmith import pipeline
 
-    root = copy_project(tmp_path)
+    root = layer_web_on_base(copy_project(tmp_path))
 
     def fingerprints() -> dict[str, str]:
         return {r["image"]: r["fingerprint"] for r in pipeline.plan_all(root, target="local")}
@@ -286,7 +299,7 @@ def test_build_all_orders_the_layers_and_skips_the_children_of_a_failure(
     leaves its children unbuilt; with --jobs above 1 each bake is a process of its own."""
     from goldsmith import graph
 
-    root = copy_project(tmp_path)
+    root = layer_web_on_base(copy_project(tmp_path))
     assert graph.order(load(root / "images.yml"), ["web"]) == ["base", "web"]
     (root / "tests/spec/base/test_broken.py").write_text("def test_x(host:\n    pass\n")
     outcomes = graph.build_all(root, ["web"], "local", jobs=jobs)

@@ -36,6 +36,8 @@ from ..tools import log
 from .clients import Aws
 
 HOST = "127.0.0.1"
+# moto's server, with AMIs made from instances EBS-backed as on AWS (see the module).
+SERVER_MODULE = "goldsmith.aws.twin_server"
 DEBIAN_OWNER = "136693071363"
 # Two dated releases, so `most_recent` really picks one; the newest is the later date.
 DEBIAN_SEED: list[dict[str, Any]] = [
@@ -120,7 +122,7 @@ def up(root: Path) -> Twin:
     # Its own session: the twin outlives the command that started it (`./run twin.up`).
     with open(d / "moto.log", "ab") as out:
         proc = subprocess.Popen(
-            [venv_bin("moto_server"), "-H", HOST, "-p", str(port)],
+            [venv_bin("python"), "-m", SERVER_MODULE, "-H", HOST, "-p", str(port)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -228,7 +230,7 @@ def _is_moto(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"moto_server" in cmdline
+    return SERVER_MODULE.encode() in cmdline
 
 
 def _stop_stale(d: Path) -> None:
