@@ -65,11 +65,47 @@ def scratch(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def mini_aws(project: Path) -> str:
+def mini_aws(project: Path, layered: bool = False) -> str:
     """The aws section a mini image gets for the twin target: the project's own `base`
-    image's (its source filter, two regions so copies really happen, the SSM path)."""
+    image's (its source filter, two regions so copies really happen, the SSM path); a
+    layered image's without the source filter (its parent's AMI is its source)."""
     aws = yaml.safe_load((project / "images.yml").read_text())["images"]["base"]["aws"]
+    if layered:
+        aws.pop("source_ami")
     return textwrap.indent(yaml.safe_dump({"aws": aws}, sort_keys=False), "    ")
+
+
+def _add_one_role_image(
+    project: Path,
+    name: str,
+    *,
+    start: str,
+    task: str,
+    marker: str,
+    spec_body: str,
+    targets: tuple[str, ...],
+) -> None:
+    """Image `name` starting from `start` ("base: X" or "parent: Y"): role `name` writes
+    `marker` to /etc/<name> (task `task`), with its spec and playbook; an aws section
+    when a target needs one."""
+    (project / f"roles/{name}/tasks").mkdir(parents=True)
+    (project / f"roles/{name}/tasks/main.yml").write_text(
+        f"---\n- name: {task}\n  ansible.builtin.copy:\n"
+        f'    dest: /etc/{name}\n    content: "{marker}\\n"\n    mode: "0644"\n'
+    )
+    (project / f"playbooks/{name}.yml").write_text(
+        f"---\n- name: {name.capitalize()}\n  hosts: all\n  become: true\n  roles: [{name}]\n"
+    )
+    (project / f"tests/spec/{name}").mkdir(parents=True)
+    (project / f"tests/spec/{name}/test_{name}.py").write_text(spec_body)
+    entry = (
+        f"\nimages:\n  {name}:\n    {start}\n    playbook: playbooks/{name}.yml\n"
+        f"    targets: [{', '.join(targets)}]\n"
+    )
+    if {"twin", "aws"} & set(targets):
+        entry += mini_aws(project, layered=start.startswith("parent:"))
+    text = (project / "images.yml").read_text()
+    (project / "images.yml").write_text(text.replace("\nimages:\n", entry, 1))
 
 
 def add_mini_image(project: Path, spec_body: str, targets: tuple[str, ...] = ("local",)) -> None:
@@ -77,25 +113,15 @@ def add_mini_image(project: Path, spec_body: str, targets: tuple[str, ...] = ("l
 
     With "twin" (or "aws") in `targets` it also gets an aws section.
     """
-    (project / "roles/mini/tasks").mkdir(parents=True)
-    (project / "roles/mini/tasks/main.yml").write_text(
-        "---\n- name: Write the marker file\n  ansible.builtin.copy:\n"
-        '    dest: /etc/mini\n    content: "hello\\n"\n    mode: "0644"\n'
+    _add_one_role_image(
+        project,
+        "mini",
+        start="base: debian12",
+        task="Write the marker file",
+        marker="hello",
+        spec_body=spec_body,
+        targets=targets,
     )
-    (project / "playbooks/mini.yml").write_text(
-        "---\n- name: Mini\n  hosts: all\n  become: true\n  roles: [mini]\n"
-    )
-    (project / "tests/spec/mini").mkdir(parents=True)
-    (project / "tests/spec/mini/test_mini.py").write_text(spec_body)
-    entry = (
-        "\nimages:\n  mini:\n    base: debian12\n    playbook: playbooks/mini.yml\n"
-        f"    targets: [{', '.join(targets)}]\n"
-    )
-    if {"twin", "aws"} & set(targets):
-        entry += mini_aws(project)
-    text = (project / "images.yml").read_text()
-    text = text.replace("\nimages:\n", entry, 1)
-    (project / "images.yml").write_text(text)
 
 
 KID_SPEC = (
@@ -106,23 +132,12 @@ KID_SPEC = (
 def add_kid_image(project: Path, targets: tuple[str, ...] = ("local",)) -> None:
     """`kid`, layered on `mini` (add_mini_image first): one role writing /etc/kid, and its
     spec. mini's spec runs on kid too, so kid is proven whole."""
-    (project / "roles/kid/tasks").mkdir(parents=True)
-    (project / "roles/kid/tasks/main.yml").write_text(
-        "---\n- name: Write the layer's marker file\n  ansible.builtin.copy:\n"
-        '    dest: /etc/kid\n    content: "layered\\n"\n    mode: "0644"\n'
+    _add_one_role_image(
+        project,
+        "kid",
+        start="parent: mini",
+        task="Write the layer's marker file",
+        marker="layered",
+        spec_body=KID_SPEC,
+        targets=targets,
     )
-    (project / "playbooks/kid.yml").write_text(
-        "---\n- name: Kid\n  hosts: all\n  become: true\n  roles: [kid]\n"
-    )
-    (project / "tests/spec/kid").mkdir(parents=True)
-    (project / "tests/spec/kid/test_kid.py").write_text(KID_SPEC)
-    entry = (
-        "\nimages:\n  kid:\n    parent: mini\n    playbook: playbooks/kid.yml\n"
-        f"    targets: [{', '.join(targets)}]\n"
-    )
-    if {"twin", "aws"} & set(targets):
-        aws = yaml.safe_load((project / "images.yml").read_text())["images"]["base"]["aws"]
-        aws.pop("source_ami")  # a layered image's source is its parent's AMI
-        entry += textwrap.indent(yaml.safe_dump({"aws": aws}, sort_keys=False), "    ")
-    text = (project / "images.yml").read_text()
-    (project / "images.yml").write_text(text.replace("\nimages:\n", entry, 1))
