@@ -1,9 +1,12 @@
 """The role developer's loop on a real VM, as Molecule gives, without a bake.
 
-  up           boot `dev-<image>` from the image's base (an overlay; kept running)
+  up           boot `dev-<image>` from the image's base (an overlay; kept running); a
+               layered image's from its parent's proven local build
   converge     ansible-playbook playbooks/<image>.yml against it
-  verify       the specs of the playbook's roles against it
-  idempotence  converge again; fail listing every task that changed
+  verify       the specs of the playbook's roles against it, and of its parents'
+               playbooks for a layered image (the VM is proven whole, as in a bake)
+  idempotence  converge again (every layer's playbook, parents' first); fail listing
+               every task that changed
   login / down
 
 A dev VM is a goldsmith VM (goldsmith.vm) in .cache/vms/<name>/ with a `dev.json` that
@@ -34,7 +37,7 @@ from .ansible_env import ansible_env
 from .catalogue import Image, load
 from .errors import GoldsmithError, ToolError
 from .paths import build_dir, cache_dir, venv_bin
-from .roles import RoleMap, resolve
+from .roles import RoleMap
 
 # Guest ports a dev VM forwards to loopback besides SSH: the web image's nginx and
 # node_exporter, so an engineer can curl them.
@@ -69,9 +72,16 @@ def vm_name(image: str, name: str | None = None) -> str:
 
 
 def _image(root: Path, image: str) -> Image:
+    return _layers(root, image)[-1][0]
+
+
+def _layers(root: Path, image: str) -> list[tuple[Image, RoleMap]]:
+    """The images whose playbooks made `image`'s VM (root ancestor first, `image` last),
+    each with its playbook's roles and specs."""
     # The pinned roles and collections first: the catalogue resolves playbooks with them.
     requirements.ensure(root)
-    return load(root / "images.yml").image(image)
+    catalogue = load(root / "images.yml")
+    return [(i, catalogue.role_map(i)) for i in catalogue.layers(catalogue.image(image))]
 
 
 def parent_disk(root: Path, img: Image) -> Path:
@@ -247,16 +257,15 @@ def converge(
     *,
     skip_tags: tuple[str, ...] = (),
     changes_file: Path | None = None,
+    layer: tuple[Image, RoleMap] | None = None,
 ) -> Converge:
-    """Run the image's playbook against its dev VM."""
+    """Run the image's playbook (or `layer`'s, one of its parents') against its dev VM."""
     started = time.monotonic()
     dev = find(root, image, name)
-    img = _image(root, dev.image)
-    role_map = resolve(img.playbook, root)
+    img, role_map = layer or _layers(root, dev.image)[-1]
     inventory = write_inventory(dev, role_map)
     env = dev_ansible_env(root)
     if changes_file is not None:
-        changes_file.unlink(missing_ok=True)
         env.update(changes_env(changes_file))
     argv = [venv_bin("ansible-playbook"), "-i", str(inventory), str(img.playbook)]
     if skip_tags:
@@ -352,13 +361,23 @@ def parse_changes(lines: list[str], exempt_tags: tuple[str, ...] = EXEMPT_TAGS) 
 
 
 def idempotence(root: Path, image: str | None = None, name: str | None = None) -> Changes:
-    """Converge again; raise listing every task that changed (exempt tags skipped)."""
+    """Converge again, every layer's playbook (a layered image's parents' first: the VM
+    holds them all); raise listing every task that changed (exempt tags skipped)."""
     dev = find(root, image, name)
     changes_file = dev.machine.dir / "changes.jsonl"
+    changes_file.unlink(missing_ok=True)
     tools.log(
         "idempotence", f"second converge of {dev.name}; exempt tags: {', '.join(EXEMPT_TAGS)}"
     )
-    converge(root, dev.image, dev.name, skip_tags=EXEMPT_TAGS, changes_file=changes_file)
+    for layer in _layers(root, dev.image):
+        converge(
+            root,
+            dev.image,
+            dev.name,
+            skip_tags=EXEMPT_TAGS,
+            changes_file=changes_file,
+            layer=layer,
+        )
     lines = changes_file.read_text().splitlines() if changes_file.is_file() else []
     changes = parse_changes(lines)
     for t in changes.exempt:
@@ -377,24 +396,23 @@ def idempotence(root: Path, image: str | None = None, name: str | None = None) -
 
 
 def verify(root: Path, image: str | None = None, name: str | None = None) -> spec.SpecResult:
-    """Run the specs of the image's roles against its dev VM; JUnit in build/dev/."""
+    """Run the specs of the image's roles against its dev VM, after its parents' for a
+    layered image (each read with its own playbook's vars); JUnit in build/dev/."""
     dev = find(root, image, name)
-    img = _image(root, dev.image)
-    role_map = resolve(img.playbook, root)
-    spec.report_coverage(role_map)
-    if not role_map.specs:
-        raise GoldsmithError(f"{dev.image}: none of its roles has a spec in tests/spec/")
+    layers = _layers(root, dev.image)
+    for _, role_map in layers:
+        spec.report_coverage(role_map)
     junit = build_dir(root) / "dev" / f"{dev.name}-junit.xml"
-    result = spec.run(
-        list(role_map.specs.values()),
+    result = spec.run_layers(
+        [spec.Layer(i.name, m.playbook, list(m.specs.values())) for i, m in layers],
         hosts=dev.machine.url(),
         ssh_key=dev.machine.key,
-        sudo=True,
         junit=junit,
         root=root,
         suite=f"verify-{dev.name}",
-        playbook=role_map.playbook,
     )
+    if result is None:
+        raise GoldsmithError(f"{dev.image}: none of its roles has a spec in tests/spec/")
     _raise_failures(result, dev.name)
     tools.log("verify", f"{result.passed} passed; JUnit: {_rel(junit, root)}")
     return result

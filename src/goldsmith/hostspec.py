@@ -35,7 +35,7 @@ from .ansible_env import ansible_env
 from .catalogue import load
 from .errors import GoldsmithError
 from .paths import build_dir
-from .roles import RoleMap, resolve
+from .roles import RoleMap
 
 # --- hosts and SSH URLs -----------------------------------------------------------------
 
@@ -354,18 +354,28 @@ def run(
     if key is not None and not key.is_file():
         raise GoldsmithError(f"--key: {key} does not exist")
     requirements.ensure(root)  # the pinned roles and collections the playbook applies
-    img = load(root / "images.yml").image(image)
-    role_map = resolve(img.playbook, root)
-    spec.report_coverage(role_map)
-    if inventory is not None:
-        selected = inventory_hosts(load_inventory(inventory, root), role_map, key)
-    else:
-        selected = url_hosts(hosts or "", role_map, key)
+    catalogue = load(root / "images.yml")
+    # A layered image's hosts are proven whole: its parents' specs, then its own.
+    layers = [(i.name, catalogue.role_map(i)) for i in catalogue.layers(catalogue.image(image))]
+    inv = load_inventory(inventory, root) if inventory is not None else None
     junit = junit or build_dir(root) / "spec" / f"{image}-junit.xml"
-    results = _run_each(selected, role_map, root, sudo, junit)
+    results: dict[str, spec.SpecResult] = {}
+    with tempfile.TemporaryDirectory(prefix="goldsmith-spec-") as tmp:
+        parts: list[Path] = []
+        for layer, role_map in layers:
+            spec.report_coverage(role_map)
+            if inv is not None:
+                selected = inventory_hosts(inv, role_map, key)
+            else:
+                selected = url_hosts(hosts or "", role_map, key)
+            label = "" if layer == image else f" [{layer}]"
+            results |= _run_each(selected, role_map, root, sudo, Path(tmp), label, parts)
+        if results:
+            spec.merge_junit(parts, junit)
     if not results:
         raise GoldsmithError(f"{image}: none of its roles has a spec in tests/spec/")
-    outcome = SpecRun(junit, results, role_map.uncovered)
+    uncovered = tuple(dict.fromkeys(r for _, m in layers for r in m.uncovered))
+    outcome = SpecRun(junit, results, uncovered)
     tools.log("spec", f"JUnit: {junit.relative_to(root) if junit.is_relative_to(root) else junit}")
     if outcome.failures:
         raise GoldsmithError(
@@ -377,31 +387,36 @@ def run(
 
 
 def _run_each(
-    selected: list[Host], role_map: RoleMap, root: Path, sudo: bool, junit: Path
+    selected: list[Host],
+    role_map: RoleMap,
+    root: Path,
+    sudo: bool,
+    tmp: Path,
+    label: str,
+    parts: list[Path],
 ) -> dict[str, spec.SpecResult]:
-    """Each host's specs, one pytest run per host; their JUnit merged into `junit`."""
+    """Each host's specs of one playbook's roles, one pytest run per host, the JUnit
+    suite named after the host (and `label`, a parent layer); the JUnit files go to
+    `parts`."""
     results: dict[str, spec.SpecResult] = {}
-    with tempfile.TemporaryDirectory(prefix="goldsmith-spec-") as tmp:
-        parts = []
-        for i, host in enumerate(selected):
-            covered = [r for r in host.roles if r in role_map.specs]
-            if not covered:
-                roles = ", ".join(host.roles)
-                tools.log("spec", f"{host.name}: none of its roles ({roles}) has a spec")
-                continue
-            tools.log("spec", f"{host.name} ({host.url}): specs of {', '.join(covered)}")
-            part = Path(tmp) / f"{i}.xml"
-            results[host.name] = spec.run(
-                [role_map.specs[r] for r in covered],
-                hosts=host.url,
-                junit=part,
-                root=root,
-                ssh_key=host.key,
-                sudo=sudo,
-                suite=host.name,
-                playbook=role_map.playbook,
-            )
-            parts.append(part)
-        if results:
-            spec.merge_junit(parts, junit)
+    for host in selected:
+        covered = [r for r in host.roles if r in role_map.specs]
+        name = f"{host.name}{label}"
+        if not covered:
+            roles = ", ".join(host.roles)
+            tools.log("spec", f"{name}: none of its roles ({roles}) has a spec")
+            continue
+        tools.log("spec", f"{name} ({host.url}): specs of {', '.join(covered)}")
+        part = tmp / f"{len(parts)}.xml"
+        results[name] = spec.run(
+            [role_map.specs[r] for r in covered],
+            hosts=host.url,
+            junit=part,
+            root=root,
+            ssh_key=host.key,
+            sudo=sudo,
+            suite=name,
+            playbook=role_map.playbook,
+        )
+        parts.append(part)
     return results

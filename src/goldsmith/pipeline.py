@@ -242,7 +242,10 @@ def shared_vars(bake: Bake) -> dict[str, Any]:
     p = bake.plan
     layers = spec.write_layers(
         bake.work.path / "spec-layers.json",
-        [(x.image.name, x.role_map.playbook, list(x.role_map.specs.values())) for x in p.layers],
+        [
+            spec.Layer(x.image.name, x.role_map.playbook, list(x.role_map.specs.values()))
+            for x in p.layers
+        ],
     )
     spec_cmd = [sys.executable, "-m", "goldsmith.spec", "live", "--layers", str(layers)]
     spec_cmd += ["--junit", str(bake.live_junit), "--key", str(bake.key), "--root", str(p.root)]

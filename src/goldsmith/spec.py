@@ -208,14 +208,69 @@ def collect(paths: list[Path], root: Path) -> None:
         )
 
 
-def write_layers(path: Path, layers: list[tuple[str, Path, list[Path]]]) -> Path:
-    """The spec step's plan: for each layer of the image (its root ancestor first, itself
-    last), the image's name, its playbook and its roles' spec folders."""
+@dataclass(frozen=True)
+class Layer:
+    """One layer of an image: the image whose playbook made it, that playbook, the
+    spec folders of its roles."""
+
+    image: str
+    playbook: Path
+    specs: list[Path]
+
+
+def run_layers(
+    layers: list[Layer],
+    *,
+    hosts: str,
+    junit: Path,
+    root: Path,
+    ssh_key: Path | None = None,
+    suite: str = "spec",
+) -> SpecResult | None:
+    """Prove a machine whole: each layer's specs (root ancestor first), each read with its
+    own playbook's vars, one JUnit suite per layer ("spec PARENT", ..., then `suite`),
+    merged into `junit`. None when no layer has a spec."""
+    own = layers[-1].image
+    parts: list[Path] = []
+    total = SpecResult(junit=junit)
+    for layer in layers:
+        if not layer.specs:
+            tools.log("spec", f"{layer.image}: no role has specs (see the coverage list)")
+            continue
+        part = junit.with_suffix(f".{layer.image}.xml")
+        if layer.image != own:
+            tools.log("spec", f"the specs of {layer.image}, the image this one is layered on")
+        result = run(
+            layer.specs,
+            hosts=hosts,
+            junit=part,
+            root=root,
+            ssh_key=ssh_key,
+            sudo=True,
+            suite=suite if layer.image == own else f"spec {layer.image}",
+            playbook=layer.playbook,
+        )
+        parts.append(part)
+        total.passed += result.passed
+        total.skipped += result.skipped
+        total.failed += result.failed
+        total.failures += result.failures
+    if not parts:
+        return None
+    merge_junit(parts, junit)
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return total
+
+
+def write_layers(path: Path, layers: list[Layer]) -> Path:
+    """The spec step's plan (read back by `main`): each layer of the image, root ancestor
+    first, itself last."""
     path.write_text(
         json.dumps(
             [
-                {"image": name, "playbook": str(playbook), "specs": [str(d) for d in specs]}
-                for name, playbook, specs in layers
+                {"image": x.image, "playbook": str(x.playbook), "specs": [str(d) for d in x.specs]}
+                for x in layers
             ],
             indent=2,
         )
@@ -242,37 +297,19 @@ def main(argv: list[str] | None = None) -> int:
     host = os.environ.get("GOLDSMITH_SPEC_HOST", "127.0.0.1")
     port = os.environ.get("GOLDSMITH_SPEC_PORT", "22")
     user = os.environ["GOLDSMITH_SPEC_USER"]
-    layers = json.loads(args.layers.read_text())
-    own = layers[-1]["image"]
-    parts: list[Path] = []
-    total = SpecResult(junit=args.junit)
-    for layer in layers:
-        if not layer["specs"]:
-            tools.log("spec", f"{layer['image']}: no role has specs (see the pre-flight's list)")
-            continue
-        junit = args.junit.with_suffix(f".{layer['image']}.xml")
-        if layer["image"] != own:
-            tools.log("spec", f"the specs of {layer['image']}, the image this one is layered on")
-        result = run(
-            [Path(d) for d in layer["specs"]],
-            hosts=f"ssh://{user}@{host}:{port}",
-            junit=junit,
-            root=args.root,
-            ssh_key=args.key,
-            sudo=True,
-            suite="spec" if layer["image"] == own else f"spec {layer['image']}",
-            playbook=Path(layer["playbook"]),
-        )
-        parts.append(junit)
-        total.passed += result.passed
-        total.skipped += result.skipped
-        total.failed += result.failed
-        total.failures += result.failures
-    if not parts:
+    layers = [
+        Layer(x["image"], Path(x["playbook"]), [Path(d) for d in x["specs"]])
+        for x in json.loads(args.layers.read_text())
+    ]
+    total = run_layers(
+        layers,
+        hosts=f"ssh://{user}@{host}:{port}",
+        junit=args.junit,
+        root=args.root,
+        ssh_key=args.key,
+    )
+    if total is None:
         return 0
-    merge_junit(parts, args.junit)
-    for part in parts:
-        part.unlink(missing_ok=True)
     if not total.ok:
         for f in total.failures:
             tools.log("spec", f"FAILED {f}")

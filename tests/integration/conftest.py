@@ -65,11 +65,12 @@ def scratch(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def mini_aws(project: Path, layered: bool = False) -> str:
+def mini_aws(project: Path, layered: bool = False, share_with: tuple[str, ...] = ()) -> str:
     """The aws section a mini image gets for the twin target: the project's own `base`
     image's (its source filter, two regions so copies really happen, the SSM path); a
     layered image's without the source filter (its parent's AMI is its source)."""
     aws = yaml.safe_load((project / "images.yml").read_text())["images"]["base"]["aws"]
+    aws["share_with"] = list(share_with)
     if layered:
         aws.pop("source_ami")
     return textwrap.indent(yaml.safe_dump({"aws": aws}, sort_keys=False), "    ")
@@ -84,6 +85,7 @@ def _add_one_role_image(
     marker: str,
     spec_body: str,
     targets: tuple[str, ...],
+    share_with: tuple[str, ...] = (),
 ) -> None:
     """Image `name` starting from `start` ("base: X" or "parent: Y"): role `name` writes
     `marker` to /etc/<name> (task `task`), with its spec and playbook; an aws section
@@ -103,7 +105,7 @@ def _add_one_role_image(
         f"    targets: [{', '.join(targets)}]\n"
     )
     if {"twin", "aws"} & set(targets):
-        entry += mini_aws(project, layered=start.startswith("parent:"))
+        entry += mini_aws(project, layered=start.startswith("parent:"), share_with=share_with)
     text = (project / "images.yml").read_text()
     (project / "images.yml").write_text(text.replace("\nimages:\n", entry, 1))
 
@@ -129,9 +131,12 @@ KID_SPEC = (
 )
 
 
-def add_kid_image(project: Path, targets: tuple[str, ...] = ("local",)) -> None:
+def add_kid_image(
+    project: Path, targets: tuple[str, ...] = ("local",), share_with: tuple[str, ...] = ()
+) -> None:
     """`kid`, layered on `mini` (add_mini_image first): one role writing /etc/kid, and its
-    spec. mini's spec runs on kid too, so kid is proven whole."""
+    spec. mini's spec runs on kid too, so kid is proven whole. `share_with`: the accounts
+    its AMI is shared with (aws targets)."""
     _add_one_role_image(
         project,
         "kid",
@@ -140,4 +145,19 @@ def add_kid_image(project: Path, targets: tuple[str, ...] = ("local",)) -> None:
         marker="layered",
         spec_body=KID_SPEC,
         targets=targets,
+        share_with=share_with,
     )
+
+
+def runnable(project: Path) -> Path:
+    """Give a scratch project the real one's `./run` and `.venv`, as buildspec.yml calls
+    them: `./run` runs goldsmith's tasks with the scratch project as the root."""
+    run = project / "run"
+    run.write_text(
+        "#!/bin/sh\n"
+        'cd "$(dirname "$0")"\n'
+        f'GOLDSMITH_ROOT="$PWD" exec {sys.executable} -m invoke -r {ROOT} "$@"\n'
+    )
+    run.chmod(0o755)
+    (project / ".venv").symlink_to(ROOT / ".venv")
+    return project

@@ -1,10 +1,12 @@
 """The role developer's loop on a real VM, and specs against any host.
 
 One dev VM for the web image serves the whole module (a converge under TCG takes
-minutes): up, converge, verify, idempotence of every shipped role, `./run spec` against
-it (by address and by inventory) and against a bare base VM, then edits in throwaway
-copies of the project (their .cache is the real one, so they reach the same VM by name),
-then down.
+minutes). web is layered on base, so the VM boots from base's proven build (the suite's
+`proven_base`) and a converge applies web's own playbook: up, converge, verify (base's
+specs and web's), idempotence of every shipped role (base's playbook and web's run again),
+`./run spec` against it (by address and by inventory) and against a bare Debian VM, then
+edits in throwaway copies of the project (their .cache is the real one, so they reach the
+same VM by name), then down.
 Tests run in file order; the ones that edit the VM's roles come last.
 """
 
@@ -20,7 +22,8 @@ import pytest
 from conftest import ROOT, invoke, qemu_processes
 
 from goldsmith import devloop, vm
-from goldsmith.roles import resolve, role_defaults
+from goldsmith.catalogue import load
+from goldsmith.roles import role_defaults
 
 pytestmark = pytest.mark.bake
 
@@ -55,11 +58,13 @@ def passed_cases(junit: Path) -> list[ET.Element]:
 
 
 @pytest.fixture(scope="module")
-def dev_vm():
+def dev_vm(proven_base: Path):
     """`./run up --image web`: a dev VM kept running for the module; down at the end."""
     invoke(ROOT, "down", "--name", NAME)  # left over from an interrupted run
     proc = invoke(ROOT, "up", "--image", "web", "--name", NAME)
     assert proc.returncode == 0, out(proc)[-3000:]
+    assert "web is layered on base: booting its proven build" in proc.stdout
+    assert "[packer]" not in proc.stdout, "base was proven by the suite: up bakes nothing"
     yield devloop.find(ROOT, "web", NAME)
     invoke(ROOT, "down", "--name", NAME)
     invoke(ROOT, "down", "--name", BARE)
@@ -74,7 +79,7 @@ def converged(dev_vm: devloop.DevVM) -> devloop.DevVM:
     return dev_vm
 
 
-def test_up_boots_a_dev_vm_from_the_base_kept_running(dev_vm: devloop.DevVM) -> None:
+def test_up_boots_a_dev_vm_from_the_parents_build_kept_running(dev_vm: devloop.DevVM) -> None:
     assert dev_vm.image == "web" and dev_vm.machine.running()
     assert set(dev_vm.machine.forwards) == {22, 80, 9100}
     assert ours(NAME), "the dev VM is not running"
@@ -96,18 +101,26 @@ def test_converge_applies_the_web_playbook_and_verify_passes(converged: devloop.
 
     proc = invoke(ROOT, "verify", "--image", "web", "--name", NAME)
     assert proc.returncode == 0, out(proc)[-3000:]
-    assert len(passed_cases(ROOT / "build/dev" / f"{NAME}-junit.xml")) > 5
+    junit = ROOT / "build/dev" / f"{NAME}-junit.xml"
+    assert len(passed_cases(junit)) > 5
+    suites = [s.get("name") for s in ET.parse(junit).getroot().iter("testsuite")]
+    assert suites == ["spec base", f"verify-{NAME}"], "base's specs, then web's own"
 
 
 def test_idempotence_passes_for_every_shipped_role(converged: devloop.DevVM) -> None:
     shipped = {p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir()}
-    assert set(resolve(ROOT / "playbooks/web.yml", ROOT).roles) == shipped, (
-        "the web playbook must apply every shipped role for this test to prove them all"
+    catalogue = load(ROOT / "images.yml")
+    layers = catalogue.layers(catalogue.image("web"))
+    assert [i.name for i in layers] == ["base", "web"]
+    assert {r for i in layers for r in catalogue.role_map(i).roles} == shipped, (
+        "base's and web's playbooks must apply every shipped role for this test to prove them all"
     )
     proc = invoke(ROOT, "idempotence", "--image", "web", "--name", NAME)
     assert proc.returncode == 0, out(proc)[-5000:]
     assert "the second converge changed nothing" in proc.stdout
-    assert re.search(rf"{NAME}\s+: ok=\d+\s+changed=0 ", proc.stdout)
+    # Both layers' playbooks ran, and neither changed anything.
+    assert "playbooks/base.yml -> " in proc.stdout and "playbooks/web.yml -> " in proc.stdout
+    assert len(re.findall(rf"{NAME}\s+: ok=\d+\s+changed=0 ", proc.stdout)) == 2
 
 
 def test_spec_against_the_converged_vm_passes(converged: devloop.DevVM, tmp_path: Path) -> None:
@@ -154,14 +167,18 @@ def test_spec_by_inventory_reads_group_vars_and_patterns(
     assert proc.returncode == 0, out(proc)[-3000:]
     assert f"dev-web1 (ssh://goldsmith@127.0.0.1:{m.ssh_port})" in proc.stdout
     suites = [s.get("name") for s in ET.parse(junit).getroot().iter("testsuite")]
-    assert suites == ["dev-web1"] and len(passed_cases(junit)) > 5
+    assert suites == ["dev-web1 [base]", "dev-web1"] and len(passed_cases(junit)) > 5
 
 
-def test_spec_against_a_bare_base_vm_fails_naming_missing_pieces(converged: devloop.DevVM) -> None:
-    proc = invoke(ROOT, "up", "--image", "web", "--name", BARE)
+def test_spec_against_a_bare_debian_vm_fails_naming_missing_pieces(
+    converged: devloop.DevVM,
+) -> None:
+    """base's dev VM boots the bare Debian disk: web's drift check (base's specs and its
+    own) names what is missing of both layers."""
+    proc = invoke(ROOT, "up", "--image", "base", "--name", BARE)
     assert proc.returncode == 0, out(proc)[-3000:]
     try:
-        bare = devloop.find(ROOT, "web", BARE)
+        bare = devloop.find(ROOT, "base", BARE)
         proc = invoke(
             ROOT,
             "spec",
@@ -186,7 +203,7 @@ def nginx_only(project: Path) -> None:
     """Make the copy's web playbook apply nginx alone: a re-converge in about a minute.
 
     The whole playbook's idempotence is proved above; these tests prove the loop's
-    mechanics on an edited role, and the CI budget has no room for two more full converges.
+    mechanics on an edited role, and the CI budget has no room for more full converges.
     """
     (project / "playbooks/web.yml").write_text(
         "---\n- name: Iterate on nginx\n  hosts: all\n  become: true\n  roles: [nginx]\n"

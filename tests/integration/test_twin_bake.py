@@ -1,9 +1,9 @@
 """The twin target end to end: Packer's amazon-ebs against moto, a local VM as the instance.
 
-One full bake of `web` (through buildspec.yml, as CodeBuild would run it) is the whole
-suite's budget for a real twin bake under TCG; the failure paths use the tiny `mini`
-image of a scratch project. What is checked is what a user sees: the AWS CLI pointed at
-the twin, the build's files, and the processes left on this machine.
+Every bake here is of a scratch project's tiny images (a converge under TCG costs
+minutes per role): `mini`, and `kid` layered on it, through buildspec.yml as CodeBuild
+would run it; the failure paths bake `mini` alone. What is checked is what a user sees:
+the AWS CLI pointed at the twin, the build's files, and the processes left on this machine.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, add_kid_image, add_mini_image, invoke, qemu_processes
+from conftest import ROOT, add_kid_image, add_mini_image, invoke, qemu_processes, runnable
 
 from goldsmith.aws import amis, buildspec, reaper, ssm, twin
 from goldsmith.aws.clients import Aws
@@ -196,62 +196,48 @@ def test_dirty_seal_fails_on_the_instance_and_registers_no_ami(
     assert vm_leftovers(scratch, build_id) == []
 
 
-def test_a_layered_image_on_the_twin_starts_from_its_parents_ami(
+def test_buildspec_bakes_a_layered_pair_on_the_twin_and_publishes_it(
     scratch: Path, twin_aws: Aws
 ) -> None:
-    """kid is layered on mini: `./run build --image kid --target twin` bakes mini first,
-    then kid from mini's AMI by id (Packer's filter is that id, owner self), its stand-in
-    booted from the disk the twin kept behind that AMI; mini's spec runs on kid too."""
+    """buildspec.yml's phases, in order, as CodeBuild runs them, for kid layered on mini
+    (GOLDSMITH_IMAGES names the child first: parents still bake first). kid bakes from
+    mini's AMI by id (Packer's filter is that id, owner self), its stand-in booted from
+    the disk the twin kept behind that AMI; mini's spec runs on kid too. Then the AWS CLI
+    looks at what was published. The checks (lint, unit tests) are `./run test`'s own
+    first steps, so this build skips them (GOLDSMITH_CHECKS=0)."""
     add_mini_image(
         scratch,
         "def test_marker_says_hello(host):\n"
         "    assert host.file('/etc/mini').content_string == 'hello\\n'\n",
         targets=("local", "twin"),
     )
-    add_kid_image(scratch, targets=("local", "twin"))
-    proc = invoke(scratch, "build", "--target", "twin", "--image", "kid")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    mini = json.loads((scratch / "build/mini/twin/manifest.json").read_text())
-    kid = json.loads((scratch / "build/kid/twin/manifest.json").read_text())
-    assert kid["base"]["source_ami"] == mini["ami"]
-    assert kid["parent"]["image"] == "mini" and kid["parent"]["fingerprint"] == mini["fingerprint"]
-    assert f"Found Image ID: {mini['ami']}" in out
-    assert twin.disk_of(ROOT, mini["ami"]).is_file()
-    assert kid["specs"]["live"]["passed"] == 2 and kid["specs"]["hygiene"]["failed"] == 0
-    junit = (scratch / "build/kid/twin/junit.xml").read_text()
-    assert 'name="spec mini"' in junit and "<failure" not in junit
-    region = MINI_REGIONS[0]
-    image = aws_cli(region, "ec2", "describe-images", "--image-ids", kid["ami"])["Images"][0]
-    assert {t["Key"]: t["Value"] for t in image["Tags"]}[amis.TAG_IMAGE] == "kid"
-    for build in (mini, kid):
-        assert leftovers(twin_aws, region, build["build_id"], build["image"]) == []
-        assert vm_leftovers(scratch, build["build_id"]) == []
-
-
-def test_buildspec_bakes_web_on_the_twin_and_publishes_it(twin_aws: Aws) -> None:
-    """The buildspec's phases, in order, as CodeBuild runs them; then the AWS CLI looks."""
+    add_kid_image(scratch, targets=("local", "twin"), share_with=("111122223333",))
     code = buildspec.run(
         ROOT / "buildspec.yml",
         {
             "GOLDSMITH_TARGET": "twin",
-            "GOLDSMITH_IMAGES": "web",
+            "GOLDSMITH_IMAGES": "kid mini",
+            "GOLDSMITH_CHECKS": "0",
             "GOLDSMITH_SKIP_PACKER_INSTALL": "1",
         },
-        ROOT,
+        runnable(scratch),
     )
     assert code == 0
-    out = ROOT / "build" / "web" / "twin"
-    manifest = json.loads((out / "manifest.json").read_text())
-    settings = load(ROOT / "images.yml").images["web"].aws
-    assert settings is not None
-    build_id = manifest["build_id"]
-    assert manifest["target"] == "twin"
-    assert sorted(manifest["amis"]) == sorted(settings.regions)
-    assert manifest["specs"]["live"]["failed"] == 0 and manifest["specs"]["live"]["passed"] > 0
-    if not manifest.get("reused"):
-        assert manifest["specs"]["hygiene"]["passed"] > 0
-        assert "nginx" in manifest["packages"]
+    out = {name: scratch / "build" / name / "twin" for name in ("mini", "kid")}
+    mini, kid = (json.loads((out[n] / "manifest.json").read_text()) for n in ("mini", "kid"))
+    assert mini["timings"]["total"] and kid["target"] == "twin"
+    assert kid["base"]["source_ami"] == mini["ami"]
+    assert kid["parent"]["image"] == "mini" and kid["parent"]["fingerprint"] == mini["fingerprint"]
+    assert twin.disk_of(ROOT, mini["ami"]).is_file()
+    assert kid["specs"]["live"]["passed"] == 2 and kid["specs"]["hygiene"]["failed"] == 0
+    junit = (out["kid"] / "junit.xml").read_text()
+    assert 'name="spec mini"' in junit and "<failure" not in junit
+    settings = load(scratch / "images.yml").images["kid"].aws
+    assert settings is not None and settings.share_with == ("111122223333",)
+    for manifest in (mini, kid):
+        build_id, image = manifest["build_id"], manifest["image"]
+        assert not manifest.get("reused") and manifest["specs"]["hygiene"]["passed"] > 0
+        assert sorted(manifest["amis"]) == sorted(settings.regions)
         # Packer 1.6.6 cannot ask for IMDSv2; the guard required it on the (now gone) builder.
         (builder,) = manifest["imdsv2"]["instances"]
         found = aws_cli(
@@ -259,28 +245,30 @@ def test_buildspec_bakes_web_on_the_twin_and_publishes_it(twin_aws: Aws) -> None
         )["Reservations"][0]["Instances"][0]
         assert found["MetadataOptions"]["HttpTokens"] == "required"
         assert {t["Key"]: t["Value"] for t in found["Tags"]}[amis.TAG_BUILD_ID] == build_id
-    for region in settings.regions:
-        ami = manifest["amis"][region]
-        image = aws_cli(region, "ec2", "describe-images", "--image-ids", ami)["Images"][0]
-        tags = {t["Key"]: t["Value"] for t in image["Tags"]}
-        assert tags[amis.TAG_IMAGE] == "web"
-        assert tags[amis.TAG_BUILD_ID] == build_id
-        assert tags[amis.TAG_FINGERPRINT] == manifest["fingerprint"]
-        assert tags[amis.TAG_GIT_SHA] == manifest["git"]["sha"]
-        assert tags[amis.TAG_ROLES].split(",") == manifest["roles"]
-        perms = aws_cli(
-            region,
-            "ec2",
-            "describe-image-attribute",
-            "--image-id",
-            ami,
-            "--attribute",
-            "launchPermission",
-        )["LaunchPermissions"]
-        assert sorted(p["UserId"] for p in perms) == sorted(settings.share_with)
-        param = aws_cli(region, "ssm", "get-parameter", "--name", "/goldsmith/web/latest")
-        assert param["Parameter"]["Value"] == ami
-        assert leftovers(twin_aws, region, build_id, "web") == []
-    assert "spec" in (out / "junit.xml").read_text()
-    assert (out / "aws-report.md").read_text().count("| eu-") == len(settings.regions)
-    assert vm_leftovers(ROOT, build_id) == []
+        for region in settings.regions:
+            ami = manifest["amis"][region]
+            described = aws_cli(region, "ec2", "describe-images", "--image-ids", ami)["Images"]
+            tags = {t["Key"]: t["Value"] for t in described[0]["Tags"]}
+            assert tags[amis.TAG_IMAGE] == image
+            assert tags[amis.TAG_BUILD_ID] == build_id
+            assert tags[amis.TAG_FINGERPRINT] == manifest["fingerprint"]
+            assert tags[amis.TAG_GIT_SHA] == manifest["git"]["sha"]
+            assert tags[amis.TAG_ROLES].split(",") == manifest["roles"]
+            perms = aws_cli(
+                region,
+                "ec2",
+                "describe-image-attribute",
+                "--image-id",
+                ami,
+                "--attribute",
+                "launchPermission",
+            )["LaunchPermissions"]
+            shared = ["111122223333"] if image == "kid" else []
+            assert sorted(p["UserId"] for p in perms) == shared
+            param = aws_cli(region, "ssm", "get-parameter", "--name", f"/goldsmith/{image}/latest")
+            assert param["Parameter"]["Value"] == ami
+            assert leftovers(twin_aws, region, build_id, image) == []
+        assert (out[image] / "aws-report.md").read_text().count("| eu-") == len(settings.regions)
+        assert vm_leftovers(scratch, build_id) == []
+    # The parent baked first (its build id's time is earlier), though named second.
+    assert mini["build_id"].split("-")[1] <= kid["build_id"].split("-")[1]

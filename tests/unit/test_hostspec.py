@@ -392,3 +392,29 @@ def test_hosts_or_inventory_exactly_one(project) -> None:
         hostspec.run(project.root, "web", hosts="ssh://a@b", inventory=project.root / "x")
     with pytest.raises(GoldsmithError, match="--key: .*missing.pem does not exist"):
         hostspec.run(project.root, "web", hosts="ssh://a@b", key=project.root / "missing.pem")
+
+
+def test_a_layered_image_is_checked_whole_its_parents_specs_first(project) -> None:
+    """edge is layered on web: a host running edge ran web's playbook too, so its drift
+    check runs web's specs (suite "HOST [web]") before edge's own."""
+    inv = local_project(
+        project, "def test_python_is_here(host):\n    assert host.exists('python3')\n"
+    )
+    project.role("edge")
+    project.playbook("edge", text="- name: Edge\n  hosts: web\n  roles: [edge]\n")
+    catalogue = project.root / "images.yml"
+    catalogue.write_text(
+        catalogue.read_text().replace(
+            "\nimages:\n",
+            "\nimages:\n  edge:\n    parent: web\n    playbook: playbooks/edge.yml\n"
+            "    targets: [local]\n",
+            1,
+        )
+    )
+    junit = project.root / "out/junit.xml"
+    run = hostspec.run(project.root, "edge", inventory=inv, sudo=False, junit=junit)
+    assert run.uncovered == ("bare",)  # the parent layer's uncovered role is listed too
+    assert run.results["this-machine [web]"].passed == 2
+    assert run.results["this-machine"].passed == 1
+    suites = [s.get("name") for s in ET.parse(junit).getroot().iter("testsuite")]
+    assert suites == ["this-machine [web]", "this-machine"]

@@ -15,7 +15,7 @@ from ..paths import project_root
 
 def images_for(target: str, names: list[str]) -> list[str]:
     """The images to bake: `names` if given (each must exist and have `target`), else all
-    (every parent before the images layered on it)."""
+    that have `target`; every parent before the images layered on it."""
     from ..graph import order
 
     catalogue = load(project_root() / "images.yml")
@@ -26,7 +26,7 @@ def images_for(target: str, names: list[str]) -> list[str]:
             raise GoldsmithError(f"GOLDSMITH_IMAGES: no image named {n!r} in images.yml")
         if target not in catalogue.images[n].targets:
             raise GoldsmithError(f"GOLDSMITH_IMAGES: image {n!r} has no target {target!r}")
-    return names
+    return [n for n in order(catalogue, names) if n in names]
 
 
 def main(argv: list[str]) -> int:
