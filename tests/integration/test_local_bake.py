@@ -17,6 +17,16 @@ from conftest import ROOT, add_kid_image, add_mini_image, invoke, qemu_processes
 from goldsmith import disk, vm
 
 pytestmark = pytest.mark.bake
+# ./run test runs two lanes of bakes side by side: what starts from the session's proven
+# base runs in the lane that bakes it ("base"), the one-role images in the other ("minis").
+BASE_LANE = pytest.mark.xdist_group("base")
+MINIS_LANE = pytest.mark.xdist_group("minis")
+
+
+def base_lane_qemus() -> list[str]:
+    """qemu processes of this project's own builds and VMs; not the twin's stand-ins,
+    which the other lane's twin bakes start under the project's .cache/vms/twin-*."""
+    return [p for p in qemu_processes(ROOT) if "/.cache/vms/twin-" not in p]
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +35,7 @@ def baked_base(proven_base: Path) -> Path:
     return proven_base
 
 
+@BASE_LANE
 def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
     qcow2 = baked_base / "base.qcow2"
     assert qcow2.is_file() and qcow2.stat().st_size > 50 * 2**20
@@ -39,10 +50,11 @@ def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
     assert len(manifest["git"]["sha"]) == 40 and isinstance(manifest["git"]["dirty"], bool)
     junit = (baked_base / "junit.xml").read_text()
     assert "<testsuites" in junit and 'name="hygiene"' in junit and "<failure" not in junit
-    assert not qemu_processes(ROOT), "a qemu outlived the build"
+    assert not base_lane_qemus(), "a qemu outlived the build"
     assert not list((ROOT / "build").glob(".work-*")), "a build folder outlived the build"
 
 
+@BASE_LANE
 def test_baked_base_boots_with_its_own_boot_loader_and_answers_ssh(
     baked_base: Path, tmp_path: Path
 ) -> None:
@@ -64,9 +76,10 @@ def test_baked_base_boots_with_its_own_boot_loader_and_answers_ssh(
         assert out[0] == "/etc/ssh/ssh_host_ed25519_key"
         assert len(out[1]) == 32  # a machine-id made at this first boot
         assert out[2] == "active"
-    assert not qemu_processes(ROOT)
+    assert not base_lane_qemus()
 
 
+@BASE_LANE
 def test_second_build_with_same_inputs_reuses_the_image(baked_base: Path) -> None:
     before = (baked_base / "manifest.json").read_text()
     proc = invoke(ROOT, "build", "--image", "base")
@@ -82,6 +95,7 @@ def plan_of(project: Path, image: str) -> dict:
     return row
 
 
+@BASE_LANE
 def test_same_inputs_in_another_folder_same_fingerprint_and_reuse(
     baked_base: Path, scratch: Path
 ) -> None:
@@ -105,6 +119,7 @@ def ignore_lock(folder: str, names: list[str]) -> list[str]:
     return [n for n in names if n == ".lock"]
 
 
+@BASE_LANE
 def test_truncated_manifest_is_one_line_and_no_previous_build(
     baked_base: Path, scratch: Path
 ) -> None:
@@ -178,6 +193,7 @@ GOOD_SPEC = (
 )
 
 
+@MINIS_LANE
 def test_drill_sigkill_mid_provision_then_a_new_build_sweeps_and_succeeds(
     mini_project: Path,
 ) -> None:
@@ -193,6 +209,7 @@ def test_drill_sigkill_mid_provision_then_a_new_build_sweeps_and_succeeds(
     assert leftovers(mini_project) == []
 
 
+@MINIS_LANE
 def test_drill_second_build_of_an_image_fails_clearly_and_ctrl_c_twice_cleans_up(
     mini_project: Path,
 ) -> None:
@@ -213,6 +230,7 @@ def test_drill_second_build_of_an_image_fails_clearly_and_ctrl_c_twice_cleans_up
     assert (mini_project / "build/mini/local/manifest.json").read_text() == proven
 
 
+@MINIS_LANE
 def test_drill_failed_rebuild_keeps_the_proven_image_which_is_then_reused(
     mini_project: Path,
 ) -> None:
@@ -231,6 +249,7 @@ def test_drill_failed_rebuild_keeps_the_proven_image_which_is_then_reused(
     assert again.returncode == 0 and "inputs unchanged" in again.stdout
 
 
+@MINIS_LANE
 def test_a_layered_image_bakes_from_its_parents_proven_build_and_is_proven_whole(
     mini_project: Path,
 ) -> None:
@@ -275,6 +294,7 @@ def test_a_layered_image_bakes_from_its_parents_proven_build_and_is_proven_whole
     assert [plan_of(mini_project, i)["action"] for i in ("mini", "kid")] == ["rebake", "rebake"]
 
 
+@MINIS_LANE
 def test_spec_that_does_not_load_fails_before_any_vm(scratch: Path) -> None:
     (scratch / "tests/spec/base/test_broken.py").write_text("def test_x(host:\n    pass\n")
     proc = invoke(scratch, "build", "--image", "base", timeout=300)
@@ -283,6 +303,7 @@ def test_spec_that_does_not_load_fails_before_any_vm(scratch: Path) -> None:
     assert "[packer]" not in proc.stdout and "[vm]" not in proc.stdout
 
 
+@MINIS_LANE
 def test_misspelt_catalogue_key_fails_before_any_vm(scratch: Path) -> None:
     text = (
         (scratch / "images.yml")

@@ -158,11 +158,13 @@ def test(c, fast=False, k=None):
         system_setup.ensure(root)
         lint(c)
     common = ["-v", "-rfEs", "--color=no"] + (["-k", k] if k else [])
-    # Unit tests on every core (each test owns its folders); the bakes one after the other
-    # in a second run, sharing what the session baked.
+    # Unit tests on every core (each test owns its folders). The bakes in a second run, in
+    # two lanes (a TCG guest keeps about one core busy): each test file or test names its
+    # lane (xdist_group "base": what starts from the session's proven base; "minis": the
+    # one-role images), and a lane runs its tests one after the other, in file order.
     runs = [["tests/unit", "-n", "auto", *common]]
     if not fast:
-        runs.append(["tests/integration", *common])
+        runs.append(["tests/integration", "-n", "2", "--dist", "loadgroup", *common])
     failed = []
     for args in runs:
         code = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=root).returncode
