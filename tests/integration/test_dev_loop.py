@@ -27,7 +27,7 @@ from goldsmith.catalogue import load
 from goldsmith.roles import role_defaults
 
 # The lane that bakes base (./run test runs two lanes of bakes side by side).
-pytestmark = [pytest.mark.bake, pytest.mark.xdist_group("base")]
+pytestmark = [pytest.mark.bake, pytest.mark.base_lane]
 
 NAME = "test-dev-web"
 BARE = "test-dev-bare"

@@ -17,10 +17,9 @@ from conftest import ROOT, add_kid_image, add_mini_image, invoke, qemu_processes
 from goldsmith import disk, vm
 
 pytestmark = pytest.mark.bake
-# ./run test runs two lanes of bakes side by side: what starts from the session's proven
-# base runs in the lane that bakes it ("base"), the one-role images in the other ("minis").
-BASE_LANE = pytest.mark.xdist_group("base")
-MINIS_LANE = pytest.mark.xdist_group("minis")
+# ./run test runs two lanes of bakes side by side, each its own pytest session: what
+# starts from the session's proven base (marked base_lane), and the rest (one-role images).
+BASE_LANE = pytest.mark.base_lane
 
 
 def base_lane_qemus() -> list[str]:
@@ -193,7 +192,6 @@ GOOD_SPEC = (
 )
 
 
-@MINIS_LANE
 def test_drill_sigkill_mid_provision_then_a_new_build_sweeps_and_succeeds(
     mini_project: Path,
 ) -> None:
@@ -209,7 +207,6 @@ def test_drill_sigkill_mid_provision_then_a_new_build_sweeps_and_succeeds(
     assert leftovers(mini_project) == []
 
 
-@MINIS_LANE
 def test_drill_second_build_of_an_image_fails_clearly_and_ctrl_c_twice_cleans_up(
     mini_project: Path,
 ) -> None:
@@ -230,7 +227,6 @@ def test_drill_second_build_of_an_image_fails_clearly_and_ctrl_c_twice_cleans_up
     assert (mini_project / "build/mini/local/manifest.json").read_text() == proven
 
 
-@MINIS_LANE
 def test_drill_failed_rebuild_keeps_the_proven_image_which_is_then_reused(
     mini_project: Path,
 ) -> None:
@@ -249,7 +245,6 @@ def test_drill_failed_rebuild_keeps_the_proven_image_which_is_then_reused(
     assert again.returncode == 0 and "inputs unchanged" in again.stdout
 
 
-@MINIS_LANE
 def test_a_layered_image_bakes_from_its_parents_proven_build_and_is_proven_whole(
     mini_project: Path,
 ) -> None:
@@ -294,7 +289,6 @@ def test_a_layered_image_bakes_from_its_parents_proven_build_and_is_proven_whole
     assert [plan_of(mini_project, i)["action"] for i in ("mini", "kid")] == ["rebake", "rebake"]
 
 
-@MINIS_LANE
 def test_spec_that_does_not_load_fails_before_any_vm(scratch: Path) -> None:
     (scratch / "tests/spec/base/test_broken.py").write_text("def test_x(host:\n    pass\n")
     proc = invoke(scratch, "build", "--image", "base", timeout=300)
@@ -303,7 +297,6 @@ def test_spec_that_does_not_load_fails_before_any_vm(scratch: Path) -> None:
     assert "[packer]" not in proc.stdout and "[vm]" not in proc.stdout
 
 
-@MINIS_LANE
 def test_misspelt_catalogue_key_fails_before_any_vm(scratch: Path) -> None:
     text = (
         (scratch / "images.yml")

@@ -12,7 +12,7 @@ from conftest import invoke, qemu_processes
 
 from goldsmith import disk, vm
 
-pytestmark = [pytest.mark.bake, pytest.mark.xdist_group("minis")]  # ./run test's lanes
+pytestmark = pytest.mark.bake
 
 
 def test_a_collections_role_bakes_proven_by_its_specs_and_the_manifest_names_it(

@@ -27,7 +27,6 @@ from goldsmith.paths import venv_bin
 pytestmark = [
     pytest.mark.twin,
     pytest.mark.bake,
-    pytest.mark.xdist_group("minis"),  # the lane of one-role images (./run test)
     pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed"),
 ]
 MINI_REGIONS = ["eu-west-1", "eu-central-1"]

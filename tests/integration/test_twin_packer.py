@@ -25,7 +25,6 @@ REGIONS = ["eu-west-1", "eu-central-1"]
 PARAM = "/goldsmith/{image}/latest"
 pytestmark = [
     pytest.mark.twin,
-    pytest.mark.xdist_group("minis"),  # the lane of one-role images (./run test)
     pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed"),
 ]
 

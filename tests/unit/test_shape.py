@@ -123,3 +123,33 @@ def test_a_missing_image_is_named_with_the_command_to_type() -> None:
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert f"error: --image is required: ./run {task} --image NAME (images: " in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_test_lanes_run_side_by_side_each_line_named_each_code_kept(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`./run test`'s bakes run as two pytest sessions at once: both start before either
+    ends (each waits for the other's file), every line says its lane, and a failing lane's
+    exit code is its own."""
+    from goldsmith.tasks.core import run_lanes
+
+    (tmp_path / "test_lanes.py").write_text(
+        "import pathlib, time\n"
+        "def wait_for(name):\n"
+        "    for _ in range(600):\n"
+        "        if pathlib.Path(name).exists():\n"
+        "            return\n"
+        "        time.sleep(0.05)\n"
+        "    raise AssertionError(name)\n"
+        "def test_a():\n"
+        "    pathlib.Path('a').touch(); wait_for('b')\n"
+        "def test_b():\n"
+        "    pathlib.Path('b').touch(); wait_for('a'); assert False, 'b fails'\n"
+    )
+    args = ["-p", "no:cacheprovider", "test_lanes.py", "-k"]
+    codes = run_lanes(tmp_path, {"first": [*args, "test_a"], "second": [*args, "test_b"]})
+    assert codes == {"first": 0, "second": 1}
+    out = capfd.readouterr().out.splitlines()
+    assert any(ln.startswith("first | ") and "1 passed" in ln for ln in out)
+    assert any(ln.startswith("second | ") and "1 failed" in ln for ln in out)
+    assert all(ln.startswith(("first | ", "second | ")) for ln in out if ln)

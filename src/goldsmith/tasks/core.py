@@ -6,6 +6,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import threading
 
 from invoke import Exit, task
 
@@ -158,21 +159,63 @@ def test(c, fast=False, k=None):
         system_setup.ensure(root)
         lint(c)
     common = ["-v", "-rfEs", "--color=no"] + (["-k", k] if k else [])
-    # Unit tests on every core (each test owns its folders). The bakes in a second run, in
-    # two lanes (a TCG guest keeps about one core busy): each test file or test names its
-    # lane (xdist_group "base": what starts from the session's proven base; "minis": the
-    # one-role images), and a lane runs its tests one after the other, in file order.
-    runs = [["tests/unit", "-n", "auto", *common]]
+    # Unit tests on every core (each test owns its folders).
+    runs = {"unit": {"unit": ["tests/unit", "-n", "auto", *common]}}
     if not fast:
-        runs.append(["tests/integration", "-n", "2", "--dist", "loadgroup", *common])
+        # The bakes in two lanes side by side, each its own pytest session (a TCG guest
+        # keeps about one core busy): what starts from the session's proven base, and the
+        # rest (one-role images, the twin). A lane runs its tests one after the other.
+        runs["integration"] = {
+            "base lane": ["tests/integration", "-m", "base_lane", *common],
+            "other lane": ["tests/integration", "-m", "not base_lane", *common],
+        }
     failed = []
-    for args in runs:
-        code = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=root).returncode
-        # 5: -k selected nothing in this folder, which is not a failure of the suite.
-        if code not in (0, 5) or (code == 5 and not k):
-            failed.append(f"{args[0]} (pytest exit code {code})")
+    for lanes in runs.values():
+        for lane, code in run_lanes(root, lanes).items():
+            # 5: -k selected nothing in this lane, which is not a failure of the suite.
+            if code not in (0, 5) or (code == 5 and not k):
+                failed.append(f"{lane} (pytest exit code {code})")
     if failed:
         raise Exit(f"tests failed: {', '.join(failed)}", code=1)
+
+
+def run_lanes(root, lanes: dict[str, list[str]]) -> dict[str, int]:
+    """Run pytest once per lane (name: arguments), side by side; with several lanes each
+    output line starts with its lane's name. Returns each lane's exit code."""
+    if len(lanes) == 1:
+        ((name, args),) = lanes.items()
+        return {name: subprocess.run([sys.executable, "-m", "pytest", *args], cwd=root).returncode}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "pytest", *args],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        for name, args in lanes.items()
+    }
+
+    def relay(name: str, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(f"{name} | {line}")
+            sys.stdout.flush()
+
+    threads = [threading.Thread(target=relay, args=item) for item in procs.items()]
+    for t in threads:
+        t.start()
+    try:
+        codes = {name: p.wait() for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+        for t in threads:
+            t.join()
+    return codes
 
 
 @task(help={"image": "image to bake for the benchmark (default: base)"})
