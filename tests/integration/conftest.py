@@ -47,22 +47,26 @@ def proven_base() -> Path:
     return ROOT / "build" / "base" / "local"
 
 
-@pytest.fixture
-def scratch(tmp_path: Path) -> Path:
-    """A copy of the project (catalogue, roles, playbooks, specs, packer) to break on purpose.
-
-    Its .cache is the real project's, so the base image is built once for the whole suite.
-    """
+def copy_project(dest: Path) -> Path:
+    """A copy of the project's catalogue, roles, playbooks, specs and Packer templates at
+    `dest`, sharing the real project's .cache (the base disk is built once for the suite).
+    The .cache folder is made first: the other lane may not have made it yet."""
     for name in ("images.yml", "roles", "playbooks", "packer", "tests/spec"):
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, tmp_path / name)
+            shutil.copytree(src, dest / name)
         elif src.is_file():
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, tmp_path / name)
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest / name)
     (ROOT / ".cache").mkdir(exist_ok=True)
-    (tmp_path / ".cache").symlink_to(ROOT / ".cache")
-    return tmp_path
+    (dest / ".cache").symlink_to(ROOT / ".cache")
+    return dest
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    """A copy of the project to break on purpose (see copy_project)."""
+    return copy_project(tmp_path)
 
 
 def mini_aws(project: Path, layered: bool = False, share_with: tuple[str, ...] = ()) -> str:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, add_kid_image, add_mini_image, invoke, qemu_processes
+from conftest import ROOT, add_kid_image, add_mini_image, copy_project, invoke, qemu_processes
 
 from goldsmith import disk, vm
 
@@ -173,15 +173,7 @@ def read_until(proc: subprocess.Popen, marker: str, timeout: float = 900) -> str
 
 @pytest.fixture(scope="module")
 def mini_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = tmp_path_factory.mktemp("drills")
-    for name in ("images.yml", "roles", "playbooks", "packer", "tests/spec"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, project / name)
-        else:
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, project / name)
-    (project / ".cache").symlink_to(ROOT / ".cache")
+    project = copy_project(tmp_path_factory.mktemp("drills"))
     add_mini_image(project, GOOD_SPEC)
     return project
 
