@@ -307,3 +307,45 @@ def test_build_all_orders_the_layers_and_skips_the_children_of_a_failure(
     assert "the specs do not load" in outcomes[0].detail
     assert outcomes[1].detail == "its parent base failed"
     assert not (root / "build/base").exists() and not (root / "build/web").exists()
+
+
+def test_reusing_the_build_recorded_here_keeps_its_manifest(tmp_path: Path) -> None:
+    """On aws/twin a reuse finds the proven AMI by tag. When the manifest here records
+    that very build (a parent baked earlier in the same CI run, reused by its child's
+    chain), it stays whole: timings, specs. Another build with the same inputs gets a
+    reused record, which keeps the input hashes recorded here."""
+    from goldsmith.targets import amazon
+
+    root = copy_project(tmp_path)
+    cat = load(root / "images.yml")
+    img = cat.image("base")
+    plan = contract.Plan(root, cat, img, "twin", cat.role_map(img), Settings(publish=False))
+    twin = amazon.Amazon("twin")
+    baked = {
+        "image": "base",
+        "fingerprint": "f" * 16,
+        "build_id": "base-20261203T000000Z-1",
+        "timings": {"total": 600.0},
+        "specs": {"live": {"passed": 30}},
+        "inputs": {"roles/base/tasks/main.yml": "abc"},
+        "git": {"sha": "0" * 40},
+    }
+    path = outputs.target_dir(root, "base", "twin") / outputs.MANIFEST
+    outputs.write_json(path, baked)
+    proven = {
+        "fingerprint": baked["fingerprint"],
+        "build_id": baked["build_id"],
+        "ami": "ami-0123456789abcdef0",
+        "region": "eu-west-1",
+        "git": baked["git"],
+        "roles": ["base"],
+    }
+    assert twin.reuse(plan, proven, contract.Source("debian")) == path
+    assert json.loads(path.read_text()) == baked
+
+    other = proven | {"build_id": "base-20261203T010000Z-2", "ami": "ami-0fedcba987654321f"}
+    twin.reuse(plan, other, contract.Source("debian"))
+    record = json.loads(path.read_text())
+    assert record["reused"] is True and record["ami"] == other["ami"]
+    assert record["build_id"] == other["build_id"] and "timings" not in record
+    assert record["inputs"] == baked["inputs"]

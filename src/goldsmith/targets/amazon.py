@@ -176,6 +176,17 @@ class Amazon:
             f"{plan.image.name}: inputs unchanged (fingerprint {proven['fingerprint'][:12]}); "
             f"reusing {proven['ami']} in {proven['region']} (--force to rebake)",
         )
+        path = outputs.target_dir(plan.root, plan.image.name, self.name) / outputs.MANIFEST
+        old = outputs.read_proven(plan.root, plan.image.name, self.name, quiet=True)
+        if (
+            old
+            and old.fingerprint == proven["fingerprint"]
+            and old.manifest.get("build_id") == proven["build_id"]
+        ):
+            # This very build is recorded here already (a parent just baked in the same
+            # CI run, say): its manifest, with timings, specs and copies, stays as it is.
+            self.after_commit(plan, path)
+            return path
         run = f"reused-{proven['build_id']}"
         record = manifest(
             plan,
@@ -202,9 +213,7 @@ class Amazon:
                 "last_run_uuid": run,
             },
         )
-        path = outputs.target_dir(plan.root, plan.image.name, self.name) / outputs.MANIFEST
-        # The proven build recorded here before (if any) keeps its input record.
-        old = outputs.read_proven(plan.root, plan.image.name, self.name, quiet=True)
+        # A proven build with these inputs recorded here before keeps its input record.
         if old and old.fingerprint == proven["fingerprint"]:
             record["inputs"] = old.manifest.get("inputs", {})
         outputs.write_json(path, record)
