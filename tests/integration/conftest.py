@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,13 +40,41 @@ def invoke(root: Path, *args: str, timeout: float = 3600) -> subprocess.Complete
 
 
 @pytest.fixture(scope="session")
-def proven_base() -> Path:
-    """`./run build --image base` in the real project, once for the whole suite: the dev
-    loop's web VM and the layered web bake start from it. On a fresh clone it bakes; where
-    base is already proven with the same inputs it is reused (the reuse is a test too)."""
-    proc = invoke(ROOT, "build", "--image", "base")
+def proven_base() -> Iterator[Path]:
+    """`./run build --image base` in the real project, for the whole suite: the dev loop's
+    web VM and the base tests start from it. On a fresh clone it bakes; where base is
+    already proven with the same inputs it is reused (the reuse is a test too).
+
+    `./run test` runs two lanes, each a pytest session: a lane that needs base while the
+    other lane bakes it waits for that bake (a lock held for the length of the build)
+    instead of failing on the image's build lock, then reuses what it proved."""
+    lock_path = ROOT / ".cache" / "test-proven-base.lock"
+    lock_path.parent.mkdir(exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = invoke(ROOT, "build", "--image", "base")
+        fcntl.flock(lock, fcntl.LOCK_UN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
-    return ROOT / "build" / "base" / "local"
+    yield ROOT / "build" / "base" / "local"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start from the proven base run last in their lane (in file order among
+    themselves): in the lane that does not bake base, the one-role bakes run first while
+    the other lane bakes it."""
+    items.sort(key=lambda item: "proven_base" in getattr(item, "fixturenames", ()))
+
+
+def vm_processes(*names: str) -> list[str]:
+    """qemu processes of the real project's VMs called `names`.
+
+    Matched by their state folder, not their name: another checkout running this suite
+    at the same time has VMs with the same names.
+    """
+    from goldsmith import vm
+
+    folders = [f"{vm.vms_dir(ROOT) / n}/" for n in names]
+    return [p for p in qemu_processes() if any(f in p for f in folders)]
 
 
 def copy_project(dest: Path) -> Path:

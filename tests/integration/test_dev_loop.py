@@ -4,7 +4,7 @@ One dev VM for the web image serves the whole module (a converge under TCG takes
 minutes). web is layered on base, so the VM boots from base's proven build (the suite's
 `proven_base`) and a converge applies web's own playbook: up, converge, verify (base's
 specs and web's), idempotence of every shipped role (base's playbook and web's run again),
-`./run spec` against it (by address and by inventory) and against a bare Debian VM, then
+`./run spec` against it (by address and by inventory), then
 edits in throwaway copies of the project (their .cache is the real one, so they reach the
 same VM by name), then down.
 Tests run in file order; the ones that edit the VM's roles come last.
@@ -20,27 +20,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, invoke, qemu_processes
+from conftest import ROOT, invoke, vm_processes
 
 from goldsmith import devloop, vm
 from goldsmith.catalogue import load
 from goldsmith.roles import role_defaults
 
-# The lane that bakes base (./run test runs two lanes of bakes side by side).
+# The lane whose first bake is base (./run test runs two lanes of bakes side by side).
 pytestmark = [pytest.mark.bake, pytest.mark.base_lane]
 
 NAME = "test-dev-web"
-BARE = "test-dev-bare"
-
-
-def ours(*names: str) -> list[str]:
-    """qemu processes of this project's VMs called `names`.
-
-    Matched by their state folder, not their name: another checkout running this suite
-    at the same time has VMs with the same names.
-    """
-    folders = [f"{vm.vms_dir(ROOT) / n}/" for n in names]
-    return [p for p in qemu_processes() if any(f in p for f in folders)]
 
 
 def http_get(port: int, path: str) -> str:
@@ -69,7 +58,6 @@ def dev_vm(proven_base: Path):
     assert "[packer]" not in proc.stdout, "base was proven by the suite: up bakes nothing"
     yield devloop.find(ROOT, "web", NAME)
     invoke(ROOT, "down", "--name", NAME)
-    invoke(ROOT, "down", "--name", BARE)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +72,7 @@ def converged(dev_vm: devloop.DevVM) -> devloop.DevVM:
 def test_up_boots_a_dev_vm_from_the_parents_build_kept_running(dev_vm: devloop.DevVM) -> None:
     assert dev_vm.image == "web" and dev_vm.machine.running()
     assert set(dev_vm.machine.forwards) == {22, 80, 9100}
-    assert ours(NAME), "the dev VM is not running"
+    assert vm_processes(NAME), "the dev VM is not running"
     # Found by image name through its state in .cache/vms/.
     assert (ROOT / ".cache/vms" / NAME / "dev.json").is_file()
     proc = invoke(ROOT, "login", "--name", NAME, "--command", "id -un && sudo -n true && echo sudo")
@@ -170,35 +158,6 @@ def test_spec_by_inventory_reads_group_vars_and_patterns(
     assert f"dev-web1 (ssh://goldsmith@127.0.0.1:{m.ssh_port})" in proc.stdout
     suites = [s.get("name") for s in ET.parse(junit).getroot().iter("testsuite")]
     assert suites == ["dev-web1 [base]", "dev-web1"] and len(passed_cases(junit)) > 5
-
-
-def test_spec_against_a_bare_debian_vm_fails_naming_missing_pieces(
-    converged: devloop.DevVM,
-) -> None:
-    """base's dev VM boots the bare Debian disk: web's drift check (base's specs and its
-    own) names what is missing of both layers."""
-    proc = invoke(ROOT, "up", "--image", "base", "--name", BARE)
-    assert proc.returncode == 0, out(proc)[-3000:]
-    try:
-        bare = devloop.find(ROOT, "base", BARE)
-        proc = invoke(
-            ROOT,
-            "spec",
-            "--image",
-            "web",
-            "--hosts",
-            f"ssh://goldsmith@127.0.0.1:{bare.machine.ssh_port}",
-            "--key",
-            str(bare.machine.key),
-        )
-    finally:
-        invoke(ROOT, "down", "--name", BARE)
-    assert proc.returncode != 0
-    failed = [line for line in proc.stderr.splitlines() if "::" in line]
-    assert any("nginx" in line for line in failed), proc.stderr[-3000:]
-    assert any("node_exporter" in line for line in failed), proc.stderr[-3000:]
-    assert (ROOT / "build/spec/web-junit.xml").is_file()
-    assert not ours(BARE), "the bare VM outlived `./run down`"
 
 
 def nginx_only(project: Path) -> None:
@@ -292,6 +251,6 @@ def test_down_stops_and_removes_the_dev_vm(dev_vm: devloop.DevVM) -> None:
     proc = invoke(ROOT, "down", "--image", "web", "--name", NAME)
     assert proc.returncode == 0
     assert vm.status(NAME, ROOT) is None
-    assert not ours(NAME, BARE), "a qemu of this module outlived `./run down`"
+    assert not vm_processes(NAME), "a qemu of this module outlived `./run down`"
     proc = invoke(ROOT, "converge", "--image", "web", "--name", NAME)
     assert proc.returncode != 0 and f"dev VM {NAME} is not up" in proc.stderr

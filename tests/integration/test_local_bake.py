@@ -12,20 +12,25 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, add_kid_image, add_mini_image, copy_project, invoke, qemu_processes
+from conftest import (
+    ROOT,
+    add_kid_image,
+    add_mini_image,
+    copy_project,
+    invoke,
+    qemu_processes,
+    vm_processes,
+)
 
 from goldsmith import disk, vm
 
 pytestmark = pytest.mark.bake
-# ./run test runs two lanes of bakes side by side, each its own pytest session: what
-# starts from the session's proven base (marked base_lane), and the rest (one-role images).
-BASE_LANE = pytest.mark.base_lane
 
 
-def base_lane_qemus() -> list[str]:
-    """qemu processes of this project's own builds and VMs; not the twin's stand-ins,
-    which the other lane's twin bakes start under the project's .cache/vms/twin-*."""
-    return [p for p in qemu_processes(ROOT) if "/.cache/vms/twin-" not in p]
+def build_qemus() -> list[str]:
+    """qemu processes of the real project's builds (their disks are in build/.work-*);
+    not its VMs, e.g. the other lane's dev VM."""
+    return [p for p in qemu_processes(ROOT) if f"{ROOT}/build/.work-" in p]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,6 @@ def baked_base(proven_base: Path) -> Path:
     return proven_base
 
 
-@BASE_LANE
 def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
     qcow2 = baked_base / "base.qcow2"
     assert qcow2.is_file() and qcow2.stat().st_size > 50 * 2**20
@@ -49,11 +53,10 @@ def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
     assert len(manifest["git"]["sha"]) == 40 and isinstance(manifest["git"]["dirty"], bool)
     junit = (baked_base / "junit.xml").read_text()
     assert "<testsuites" in junit and 'name="hygiene"' in junit and "<failure" not in junit
-    assert not base_lane_qemus(), "a qemu outlived the build"
+    assert not build_qemus(), "a qemu outlived the build"
     assert not list((ROOT / "build").glob(".work-*")), "a build folder outlived the build"
 
 
-@BASE_LANE
 def test_baked_base_boots_with_its_own_boot_loader_and_answers_ssh(
     baked_base: Path, tmp_path: Path
 ) -> None:
@@ -75,10 +78,9 @@ def test_baked_base_boots_with_its_own_boot_loader_and_answers_ssh(
         assert out[0] == "/etc/ssh/ssh_host_ed25519_key"
         assert len(out[1]) == 32  # a machine-id made at this first boot
         assert out[2] == "active"
-    assert not base_lane_qemus()
+    assert not vm_processes("test-boot-base")
 
 
-@BASE_LANE
 def test_second_build_with_same_inputs_reuses_the_image(baked_base: Path) -> None:
     before = (baked_base / "manifest.json").read_text()
     proc = invoke(ROOT, "build", "--image", "base")
@@ -94,7 +96,6 @@ def plan_of(project: Path, image: str) -> dict:
     return row
 
 
-@BASE_LANE
 def test_same_inputs_in_another_folder_same_fingerprint_and_reuse(
     baked_base: Path, scratch: Path
 ) -> None:
@@ -118,7 +119,6 @@ def ignore_lock(folder: str, names: list[str]) -> list[str]:
     return [n for n in names if n == ".lock"]
 
 
-@BASE_LANE
 def test_truncated_manifest_is_one_line_and_no_previous_build(
     baked_base: Path, scratch: Path
 ) -> None:

@@ -163,11 +163,13 @@ def test(c, fast=False, k=None):
     runs = {"unit": {"unit": ["tests/unit", "-n", "auto", *common]}}
     if not fast:
         # The bakes in two lanes side by side, each its own pytest session (a TCG guest
-        # keeps about one core busy): what starts from the session's proven base, and the
-        # rest (one-role images, the twin). A lane runs its tests one after the other.
+        # keeps about one core busy): the dev loop (marked base_lane: it bakes base first),
+        # and the rest (one-role images, the twin, then the tests of base's build, which
+        # wait for the other lane's bake). A lane runs its tests one after the other.
+        slow = ["--durations=0", "--durations-min=30"]  # where a lane's time goes
         runs["integration"] = {
-            "base lane": ["tests/integration", "-m", "base_lane", *common],
-            "other lane": ["tests/integration", "-m", "not base_lane", *common],
+            "base lane": ["tests/integration", "-m", "base_lane", *slow, *common],
+            "other lane": ["tests/integration", "-m", "not base_lane", *slow, *common],
         }
     failed = []
     for lanes in runs.values():
