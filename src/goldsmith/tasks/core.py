@@ -223,7 +223,8 @@ def run_lanes(root, lanes: dict[str, list[str]]) -> dict[str, int]:
 @task(help={"image": "image to bake for the benchmark (default: base)"})
 @user_errors
 def bench(c, image="base"):
-    """Benchmark a bake here: phases, shares, reuse and sizes, appended to bench/results.jsonl."""
+    """Benchmark a bake against the floor (raw apt work) and, if layered, against a bake from
+    scratch, in one run; appended to bench/results.jsonl (see bench/README.md)."""
     from ..bench import run
 
     run(project_root(), image, settings(c))
