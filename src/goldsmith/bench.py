@@ -31,6 +31,7 @@ import yaml
 
 from . import base_disk, disk, fingerprint, pipeline, tools, vm
 from .catalogue import Catalogue, Image, load
+from .errors import GoldsmithError
 from .paths import cache_dir
 from .settings import Settings
 
@@ -188,6 +189,9 @@ def floor(root: Path, base_path: Path, packages: list[str]) -> dict[str, float]:
         deadline = time.monotonic() + 300
         while machine.running() and time.monotonic() < deadline:
             time.sleep(0.5)
+        if machine.running():
+            # Its disk would be copied while still written: not a floor worth recording.
+            raise GoldsmithError(f"the floor's VM {name} did not power off within 300 s")
         t.append(time.monotonic())
         with tempfile.TemporaryDirectory(prefix=".bench-", dir=root / "build") as tmp:
             tools.capture(
