@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from . import base_disk, disk, requirements, setup, spec, tools, vm
-from .ansible_env import ansible_env
+from .ansible_env import CALLBACK_DIR, DEFAULT_STRATEGY, ansible_env
 from .catalogue import Image, load
 from .errors import GoldsmithError, ToolError
 from .paths import build_dir, cache_dir, venv_bin
@@ -44,7 +44,6 @@ from .roles import RoleMap
 DEV_FORWARDS = (80, 9100)
 # Tags that exempt a task from the idempotence check.
 EXEMPT_TAGS = ("molecule-idempotence-notest", "goldsmith-idempotence-notest")
-CALLBACK_DIR = Path(__file__).parent / "ansible_plugins" / "callback"
 CALLBACK = "goldsmith_changes"
 DEV_FILE = "dev.json"
 _GROUP = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -224,9 +223,9 @@ def write_inventory(dev: DevVM, role_map: RoleMap) -> Path:
     return path
 
 
-def dev_ansible_env(root: Path) -> dict[str, str]:
+def dev_ansible_env(root: Path, strategy: str = DEFAULT_STRATEGY) -> dict[str, str]:
     """The build's Ansible settings, with SSH connections kept for a whole editing session."""
-    env = ansible_env(root)
+    env = ansible_env(root, strategy)
     env["ANSIBLE_SSH_ARGS"] = env["ANSIBLE_SSH_ARGS"].replace(
         "ControlPersist=60s", "ControlPersist=30m"
     )
@@ -258,13 +257,14 @@ def converge(
     skip_tags: tuple[str, ...] = (),
     changes_file: Path | None = None,
     layer: tuple[Image, RoleMap] | None = None,
+    strategy: str = DEFAULT_STRATEGY,
 ) -> Converge:
     """Run the image's playbook (or `layer`'s, one of its parents') against its dev VM."""
     started = time.monotonic()
     dev = find(root, image, name)
     img, role_map = layer or _layers(root, dev.image)[-1]
     inventory = write_inventory(dev, role_map)
-    env = dev_ansible_env(root)
+    env = dev_ansible_env(root, strategy)
     if changes_file is not None:
         env.update(changes_env(changes_file))
     argv = [venv_bin("ansible-playbook"), "-i", str(inventory), str(img.playbook)]
@@ -360,7 +360,12 @@ def parse_changes(lines: list[str], exempt_tags: tuple[str, ...] = EXEMPT_TAGS) 
     return out
 
 
-def idempotence(root: Path, image: str | None = None, name: str | None = None) -> Changes:
+def idempotence(
+    root: Path,
+    image: str | None = None,
+    name: str | None = None,
+    strategy: str = DEFAULT_STRATEGY,
+) -> Changes:
     """Converge again, every layer's playbook (a layered image's parents' first: the VM
     holds them all); raise listing every task that changed (exempt tags skipped)."""
     dev = find(root, image, name)
@@ -377,6 +382,7 @@ def idempotence(root: Path, image: str | None = None, name: str | None = None) -
             skip_tags=EXEMPT_TAGS,
             changes_file=changes_file,
             layer=layer,
+            strategy=strategy,
         )
     lines = changes_file.read_text().splitlines() if changes_file.is_file() else []
     changes = parse_changes(lines)

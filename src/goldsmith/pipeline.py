@@ -40,7 +40,7 @@ from . import (
     vm,
     workdir,
 )
-from .ansible_env import ansible_env
+from .ansible_env import ansible_env, profile, timings_env
 from .catalogue import Catalogue, load
 from .errors import GoldsmithError, ToolError
 from .paths import venv_bin
@@ -257,7 +257,13 @@ def shared_vars(bake: Bake) -> dict[str, Any]:
         "roles": ",".join(p.role_map.roles),
         "playbook": str(p.image.playbook),
         "ansible_playbook": venv_bin("ansible-playbook"),
-        "ansible_env_vars": [f"{k}={v}" for k, v in ansible_env(p.root).items()],
+        "ansible_env_vars": [
+            f"{k}={v}"
+            for k, v in {
+                **ansible_env(p.root, p.settings.ansible_strategy),
+                **timings_env(bake.ansible_timings),
+            }.items()
+        ],
         "spec_command": shlex.join(spec_cmd),
         "seal_script": str(base_disk.DATA / "seal.sh"),
         "build_user": bake.build_user,
@@ -372,6 +378,9 @@ def _bake(
         spec.merge_junit([bake.live_junit, bake.hygiene_junit], staged / outputs.JUNIT)
         bake.timings["total"] = round(time.monotonic() - started, 1)
         specs = {"live": live.as_dict()}
+        timed = bake.ansible_timings
+        provision = {"strategy": p.settings.ansible_strategy}
+        provision |= profile(timed.read_text().splitlines() if timed.is_file() else [])
         if proof.hygiene is not None:
             specs["hygiene"] = proof.hygiene.as_dict()
         record = manifest(
@@ -382,6 +391,7 @@ def _bake(
             inputs=d.inputs,
             source=source,
             timings=bake.timings,
+            provision=provision,
             specs=specs,
             seal_proof=proof.how,
             tools=fingerprint.tool_versions(),

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .ansible_env import DEFAULT_STRATEGY, STRATEGIES
 from .errors import GoldsmithError
 
 ACCELERATORS = ("auto", "kvm", "tcg")
@@ -35,6 +36,9 @@ class Settings:
     # requirements.lock must already match requirements.yml (CI sets true): setup and
     # builds install what it records but never rewrite it.
     requirements_locked: bool = False
+    # How Ansible reaches a machine in bakes and the dev loop: mitogen (one Python on the
+    # machine for the whole run) or linear (Ansible's own: Python started per task).
+    ansible_strategy: str = DEFAULT_STRATEGY
 
     def packer_stop_seconds(self, target: str) -> int:
         return self.packer_stop_seconds_local if target == "local" else self.packer_stop_seconds_aws
@@ -80,6 +84,11 @@ class Settings:
             raise GoldsmithError(
                 f"configuration goldsmith.accelerator={s.accelerator!r}: "
                 f"choose one of {', '.join(ACCELERATORS)}"
+            )
+        if s.ansible_strategy not in STRATEGIES:
+            raise GoldsmithError(
+                f"configuration goldsmith.ansible_strategy={s.ansible_strategy!r}: "
+                f"choose one of {', '.join(STRATEGIES)}"
             )
         for cidr in s.aws_ssh_cidrs:
             try:

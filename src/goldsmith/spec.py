@@ -114,6 +114,9 @@ def run(
             f"junit_suite_name={suite}",
             "-p",
             "no:cacheprovider",
+            # ssh:// hosts: one shell per host for the whole run (goldsmith.spec_shell).
+            "-p",
+            "goldsmith.spec_shell",
             "--rootdir",
             str(spec_root(root)),
             "-q",

@@ -76,6 +76,11 @@ class Bake:
         return self.work.path / "junit-spec.xml"
 
     @property
+    def ansible_timings(self) -> Path:
+        """Each provisioning task's time (ansible_env.timings_env), for the manifest."""
+        return self.work.path / "ansible-timings.jsonl"
+
+    @property
     def hygiene_junit(self) -> Path:
         return self.work.path / "junit-hygiene.xml"
 

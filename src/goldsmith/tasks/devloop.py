@@ -12,7 +12,7 @@ from invoke import task
 from .. import devloop
 from ..catalogue import load
 from ..paths import project_root
-from .common import require_image, user_errors
+from .common import require_image, settings, user_errors
 
 IMAGE_HELP = "image (a key of `images` in images.yml); default: the only dev VM up"
 NAME_HELP = "dev VM name (default: dev-<image>)"
@@ -36,7 +36,7 @@ def up(c, image=None, name=None):
 @user_errors
 def converge(c, image=None, name=None):
     """Run the image's playbook against its dev VM (no rebuild: seconds over Ansible's time)."""
-    devloop.converge(project_root(), image, name)
+    devloop.converge(project_root(), image, name, strategy=settings(c).ansible_strategy)
 
 
 @task(help={"image": IMAGE_HELP, "name": NAME_HELP})
@@ -53,7 +53,7 @@ def idempotence(c, image=None, name=None):
 
     Tasks tagged molecule-idempotence-notest or goldsmith-idempotence-notest are exempt.
     """
-    devloop.idempotence(project_root(), image, name)
+    devloop.idempotence(project_root(), image, name, strategy=settings(c).ansible_strategy)
 
 
 @task(

@@ -1,0 +1,132 @@
+"""testinfra's ssh backend with one shell per host for the whole spec run (a pytest plugin).
+
+testinfra's own ssh backend runs every command as a new SSH session: sshd starts a
+session, the login shell starts, `sudo` starts (PAM, the sudoers, a journal entry) and
+then the command, about 0.7 s a command in an emulated guest, most of a spec run.
+goldsmith's spec runs (`pytest -p goldsmith.spec_shell`, goldsmith.spec.run) replace it,
+for `ssh://` hosts only, with this one: a single `sudo -n /bin/sh` per host (or a plain
+`/bin/sh` without --sudo) that reads commands on its standard input. Each command still
+runs as testinfra would run it, `/bin/sh -c COMMAND` with no input, in a fresh process;
+its exit status and its output, byte for byte, come back base64-encoded after a marker
+line. Its output goes through files in a private folder in /dev/shm (memory, never on
+the disk that becomes the image), removed when the run ends.
+
+If the shell is gone (its session was killed), the next command starts another one; a
+command whose shell dies under it raises, as testinfra's ssh backend does on exit 255.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import secrets
+import shlex
+import subprocess
+import tempfile
+from typing import Any
+
+import testinfra.backend
+from testinfra.backend import base
+from testinfra.backend.ssh import SshBackend
+
+
+class ShellSshBackend(SshBackend):
+    """SshBackend whose commands share one remote shell (see the module's docstring)."""
+
+    NAME = "ssh"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._proc: subprocess.Popen | None = None
+        self._errors: Any = None  # the shell's own stderr (a local temporary file)
+        self._marker = ""
+        self._dir = ""
+        atexit.register(self.close)
+
+    def get_command(self, command: str, *args: str) -> str:
+        # The shell already runs as the sudo user: no `sudo` per command.
+        return self.quote(command, *args)
+
+    def _shell_command(self) -> str:
+        if not self.sudo:
+            return "/bin/sh"
+        if self.sudo_user is None:
+            return "sudo -n /bin/sh"
+        return self.quote("sudo -n -u %s /bin/sh", self.sudo_user)
+
+    def _start(self) -> None:
+        cmd, cmd_args = self._build_ssh_command(self._shell_command())
+        self._errors = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            self.quote(" ".join(cmd), *cmd_args),
+            shell=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._errors,
+        )
+        self._marker = f"goldsmith-spec-{secrets.token_hex(8)}"
+        self._send('umask 077; mktemp -d /dev/shm/goldsmith-spec.XXXXXX 2>&1; echo "$?"')
+        path, status = self._readline().strip(), self._readline().strip()
+        if status != "0" or not path.startswith("/dev/shm/goldsmith-spec."):
+            raise RuntimeError(f"the spec shell on {self.host.name} could not start: {path}")
+        self._dir = path
+
+    def _send(self, script: str) -> None:
+        assert self._proc is not None and self._proc.stdin
+        try:
+            self._proc.stdin.write(script.encode() + b"\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            self._dead()
+
+    def _readline(self) -> str:
+        assert self._proc is not None and self._proc.stdout
+        line = self._proc.stdout.readline()
+        if not line:
+            self._dead()
+        return line.decode()
+
+    def _dead(self) -> None:
+        """The shell ended under a command: say so with what it wrote on stderr."""
+        assert self._proc is not None
+        rc = self._proc.wait()
+        self._proc = None
+        self._errors.seek(0)
+        errors = self._errors.read().decode(errors="replace").strip()
+        raise RuntimeError(f"the spec shell on {self.host.name} ended (exit {rc}): {errors}")
+
+    def run(self, command: str, *args: str, **kwargs: Any) -> base.CommandResult:
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+        command = self.get_command(command, *args)
+        d, m = self._dir, self._marker
+        self._send(
+            f"/bin/sh -c {shlex.quote(command)} </dev/null >{d}/o 2>{d}/e; "
+            f'echo "{m} $?"; base64 -w0 {d}/o; echo; base64 -w0 {d}/e; echo'
+        )
+        line = self._readline()
+        while not line.startswith(m + " "):  # nothing but the marker should come first
+            line = self._readline()
+        rc = int(line.split()[1])
+        stdout = base64.b64decode(self._readline().strip())
+        stderr = base64.b64decode(self._readline().strip())
+        return self.result(rc, self.encode(command), stdout, stderr)
+
+    def close(self) -> None:
+        """End the shell and remove its folder."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            if self._dir:
+                proc.stdin.write(f"rm -rf {self._dir}\n".encode())
+            proc.stdin.write(b"exit 0\n")
+            proc.stdin.close()
+            proc.wait(timeout=30)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+
+# As a pytest plugin (`-p goldsmith.spec_shell`): ssh:// hosts get this backend.
+testinfra.backend.BACKENDS["ssh"] = f"{__name__}.{ShellSshBackend.__name__}"
