@@ -76,10 +76,14 @@ def run(root: Path, image: str, settings: Settings | None = None) -> dict[str, A
             "accelerator": manifest.get("accelerator")
             or vm.accelerator(root, base_path, forced=settings.accelerator),
             **fingerprint.tool_versions(),
+            "ansible_strategy": settings.ansible_strategy,
         },
         "bake_seconds": total,
         "phases_seconds": timings,
         "phase_share_of_bake": shares(timings),
+        # Where provisioning went, per role, in the layered bake and the scratch one.
+        "provision_seconds_by_role": manifest.get("provision", {}).get("by_role"),
+        "scratch_provision_seconds_by_role": scratch.get("provision", {}).get("by_role"),
         "spec_share_of_bake": round(timings.get("spec", 0) / total, 3) if total else None,
         "reuse_seconds": reuse_s,
         "reuse_vs_bake_ratio": round(reuse_s / total, 4) if total else None,

@@ -102,7 +102,10 @@ class ShellSshBackend(SshBackend):
         d, m = self._dir, self._marker
         self._send(
             f"/bin/sh -c {shlex.quote(command)} </dev/null >{d}/o 2>{d}/e; "
-            f'echo "{m} $?"; base64 -w0 {d}/o; echo; base64 -w0 {d}/e; echo'
+            f'echo "{m} $?"; '
+            # `[` is the shell's own: an empty output costs no base64 process.
+            f"if [ -s {d}/o ]; then base64 -w0 {d}/o; fi; echo; "
+            f"if [ -s {d}/e ]; then base64 -w0 {d}/e; fi; echo"
         )
         line = self._readline()
         while not line.startswith(m + " "):  # nothing but the marker should come first

@@ -75,17 +75,25 @@ def run(tmp_path: Path, strategy: str) -> tuple[list[str], list[str]]:
     return json.loads(out.read_text()), timings.read_text().splitlines()
 
 
+@pytest.fixture(scope="module")
+def mitogen_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[str]]:
+    return run(tmp_path_factory.mktemp("mitogen"), "mitogen")
+
+
 def test_mitogen_runs_every_module_in_one_process_linear_starts_one_per_task(
-    tmp_path: Path,
+    tmp_path: Path, mitogen_run: tuple[list[str], list[str]]
 ) -> None:
-    mitogen, _ = run(tmp_path / "m", "mitogen")
-    linear, _ = run(tmp_path / "l", "linear")
+    mitogen, _ = mitogen_run
+    linear, _ = run(tmp_path, "linear")
     assert mitogen[0] == mitogen[1], mitogen
     assert linear[0] != linear[1], linear
 
 
-def test_the_timings_callback_times_every_task_by_role(tmp_path: Path) -> None:
-    _, lines = run(tmp_path, ansible_env.DEFAULT_STRATEGY)
+def test_the_timings_callback_times_every_task_by_role(
+    mitogen_run: tuple[list[str], list[str]],
+) -> None:
+    assert ansible_env.DEFAULT_STRATEGY == "mitogen"
+    _, lines = mitogen_run
     events = [json.loads(line) for line in lines]
     assert [(e["role"], e["task"]) for e in events] == [
         ("probe", "Report the module's process"),
