@@ -9,6 +9,11 @@ source "qemu" "local" {
   format           = "qcow2"
   disk_size        = var.disk_size
   disk_compression = true
+  # zstd: about the size zlib gives, written several times faster (QEMU 5.1 or later
+  # reads it). Packer passes these to its qemu-img convert calls.
+  qemu_img_args {
+    convert = ["-o", "compression_type=zstd"]
+  }
   # Blocks the seal frees (apt caches, lists) are trimmed, so they do not ship.
   disk_discard       = "unmap"
   disk_detect_zeroes = "unmap"
