@@ -203,16 +203,27 @@ def test_drill_second_build_of_an_image_fails_clearly_and_ctrl_c_twice_cleans_up
     mini_project: Path,
 ) -> None:
     proven = (mini_project / "build/mini/local/manifest.json").read_text()
-    first = start_build(mini_project, "--image", "mini", "--force")
-    read_until(first, "[phase] bake mini")
-    second = invoke(mini_project, "build", "--image", "mini", "--force", timeout=300)
-    assert second.returncode != 0
-    assert "another build of this image is running" in second.stderr
-    read_until(first, "Provisioning with Ansible")
-    first.send_signal(signal.SIGINT)
-    time.sleep(1)
-    first.send_signal(signal.SIGINT)  # impatient: must not cut the cleanup short
-    rest, _ = first.communicate(timeout=600)
+    # mini's one task takes a second under Mitogen: a task that waits holds the build in
+    # provisioning, so the Ctrl-C surely lands there, however long the second build takes.
+    tasks = mini_project / "roles/mini/tasks/main.yml"
+    original = tasks.read_text()
+    tasks.write_text(
+        original + "- name: Hold the build in provisioning for the drill\n"
+        "  ansible.builtin.command: sleep 900\n  changed_when: false\n"
+    )
+    try:
+        first = start_build(mini_project, "--image", "mini", "--force")
+        read_until(first, "[phase] bake mini")
+        second = invoke(mini_project, "build", "--image", "mini", "--force", timeout=300)
+        assert second.returncode != 0
+        assert "another build of this image is running" in second.stderr
+        read_until(first, "Hold the build in provisioning")
+        first.send_signal(signal.SIGINT)
+        time.sleep(1)
+        first.send_signal(signal.SIGINT)  # impatient: must not cut the cleanup short
+        rest, _ = first.communicate(timeout=600)
+    finally:
+        tasks.write_text(original)
     assert first.returncode == 130, rest[-3000:]
     assert "interrupted; cleaned up" in rest
     assert leftovers(mini_project) == []
