@@ -430,6 +430,9 @@ def _bake(
             for problem in problems:
                 tools.log("cleanup", f"could not remove: {problem}")
     if interrupted:
+        # The build is over and cleaned up: a Ctrl-C pressed again now (cleanup can take
+        # less than a second) would only turn the exit status 130 into a death by signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if problems:
             raise Interrupted(
                 "interrupted; nothing was recorded, but these were left behind: "
