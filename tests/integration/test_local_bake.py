@@ -50,6 +50,15 @@ def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
     assert manifest["specs"]["hygiene"]["failed"] == 0
     assert manifest["specs"]["hygiene"]["passed"] > 3
     assert {"provision", "spec", "hygiene", "total"} <= set(manifest["timings"])
+    # Where provisioning went, task by task, under the default strategy.
+    prov = manifest["provision"]
+    assert prov["strategy"] == "mitogen" and prov["tasks"] > 10, prov
+    assert {"base", "ssh_hardening", "node_exporter"} <= set(prov["by_role"]), prov
+    # Written with zstd (packer/source.qemu.pkr.hcl's qemu_img_args).
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", qcow2], capture_output=True, text=True, check=True
+    )
+    assert json.loads(info.stdout)["format-specific"]["data"]["compression-type"] == "zstd"
     assert len(manifest["git"]["sha"]) == 40 and isinstance(manifest["git"]["dirty"], bool)
     junit = (baked_base / "junit.xml").read_text()
     assert "<testsuites" in junit and 'name="hygiene"' in junit and "<failure" not in junit
