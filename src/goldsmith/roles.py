@@ -408,6 +408,24 @@ def resolve(playbook: Path, root: Path) -> RoleMap:
     )
 
 
+def playbook_vars(plays: Any, role: str) -> dict[str, Any]:
+    """What a parsed playbook sets for `role`: each play that lists it, that play's
+    `vars:`, then the role entry's own `vars:` (what a role's spec expects on top of the
+    role's defaults)."""
+    found: dict[str, Any] = {}
+    for play in plays if isinstance(plays, list) else []:
+        if not isinstance(play, dict):
+            continue
+        for entry in play.get("roles") or []:
+            name = entry if isinstance(entry, str) else entry.get("role") or entry.get("name")
+            if name != role:
+                continue
+            found |= play.get("vars") or {}
+            if isinstance(entry, dict):
+                found |= entry.get("vars") or {}
+    return found
+
+
 def role_dir(role: str, root: Path) -> Path:
     """The folder of `role` as a playbook names it (FQCN for a collection's role)."""
     return _Resolver(root).locate(Str(role), root / "playbooks", ())[1]

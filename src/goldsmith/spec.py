@@ -15,12 +15,16 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from . import tools
 from .errors import GoldsmithError
-from .roles import RoleMap
+from .roles import RoleMap, playbook_vars
 
 HYGIENE = "hygiene"
 
@@ -93,6 +97,7 @@ def run(
     suite: str = "spec",
     extra_env: dict[str, str] | None = None,
     playbook: Path | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> SpecResult:
     """Run pytest/testinfra over `paths` against `hosts`; return the parsed JUnit result.
 
@@ -122,6 +127,9 @@ def run(
             "-q",
             "--color=no",
             "-rfE",
+            # Where a spec run's time goes, in the build log (the slowest, 1 s and up).
+            "--durations=8",
+            "--durations-min=1",
         ]
         if hosts.startswith("ssh://") or hosts.startswith("paramiko://"):
             argv.append(f"--ssh-config={ssh_config(Path(tmp) / 'ssh_config')}")
@@ -135,7 +143,7 @@ def run(
         if playbook:
             env["GOLDSMITH_PLAYBOOK"] = str(playbook)
         try:
-            code = tools.run(argv, prefix=suite, env=env, cwd=root, check=False)
+            code = tools.run(argv, prefix=suite, env=env, cwd=root, check=False, on_start=on_start)
         finally:
             # The shared connection's master outlives pytest by ControlPersist: end it now.
             subprocess.run(["pkill", "-f", f"{tmp}/ssh_config"], check=False)
@@ -232,38 +240,95 @@ def run_layers(
 ) -> SpecResult | None:
     """Prove a machine whole: each layer's specs (root ancestor first), each read with its
     own playbook's vars, one JUnit suite per layer ("spec PARENT", ..., then `suite`),
-    merged into `junit`. None when no layer has a spec."""
+    merged into `junit`. None when no layer has a spec.
+
+    The layers' runs go at once, each its own pytest with its own shell on the machine:
+    their waits overlap (a self-healing spec waits out each service's RestartSec). A
+    role's spec that an earlier layer already runs with the same values is not run again
+    (see `layer_specs`).
+    """
     own = layers[-1].image
-    parts: list[Path] = []
-    total = SpecResult(junit=junit)
-    for layer in layers:
+    runs: list[tuple[Layer, list[Path], Path]] = []
+    for layer, specs in layer_specs(layers):
         if not layer.specs:
             tools.log("spec", f"{layer.image}: no role has specs (see the coverage list)")
             continue
-        part = junit.with_suffix(f".{layer.image}.xml")
+        again = [d.name for d in layer.specs if d not in specs]
+        if again:
+            tools.log(
+                "spec",
+                f"{layer.image}: {', '.join(again)} proven once, by an earlier layer's run "
+                "(same role, same values)",
+            )
+        if not specs:
+            continue
         if layer.image != own:
             tools.log("spec", f"the specs of {layer.image}, the image this one is layered on")
-        result = run(
-            layer.specs,
-            hosts=hosts,
-            junit=part,
-            root=root,
-            ssh_key=ssh_key,
-            sudo=True,
-            suite=suite if layer.image == own else f"spec {layer.image}",
-            playbook=layer.playbook,
-        )
-        parts.append(part)
+        runs.append((layer, specs, junit.with_suffix(f".{layer.image}.xml")))
+    if not runs:
+        return None
+    started: list[subprocess.Popen] = []
+    pool = ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="spec")
+    try:
+        futures = [
+            pool.submit(
+                run,
+                specs,
+                hosts=hosts,
+                junit=part,
+                root=root,
+                ssh_key=ssh_key,
+                sudo=True,
+                suite=suite if layer.image == own else f"spec {layer.image}",
+                playbook=layer.playbook,
+                on_start=started.append,
+            )
+            for layer, specs, part in runs
+        ]
+        results = [f.result() for f in futures]
+    except BaseException:
+        # Ctrl-C or a failure to start one: no layer's pytest outlives this run.
+        with tools.shielded():
+            for proc in started:
+                tools.stop_group(proc, grace=5)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    total = SpecResult(junit=junit)
+    for result in results:
         total.passed += result.passed
         total.skipped += result.skipped
         total.failed += result.failed
         total.failures += result.failures
-    if not parts:
-        return None
+    parts = [part for _, _, part in runs]
     merge_junit(parts, junit)
     for part in parts:
         part.unlink(missing_ok=True)
     return total
+
+
+def layer_specs(layers: list[Layer]) -> list[tuple[Layer, list[Path]]]:
+    """Each layer with the spec folders it runs: its own, less those an earlier layer
+    runs with the same values for that role (the role's vars in each layer's playbook;
+    a spec reads the role's defaults with them). A role both layers apply alike (say
+    apt_ready, which base's and nginx's roles depend on) is proven once, on the same
+    machine, instead of twice; a role a layer applies with other values is proven again
+    with them."""
+    seen: dict[Path, list[dict]] = {}
+    plays: dict[Path, object] = {}
+    out: list[tuple[Layer, list[Path]]] = []
+    for layer in layers:
+        if layer.playbook not in plays:
+            plays[layer.playbook] = yaml.safe_load(layer.playbook.read_text()) or []
+        specs = []
+        for d in layer.specs:
+            values = playbook_vars(plays[layer.playbook], d.name)
+            if values in seen.get(d, []):
+                continue
+            seen.setdefault(d, []).append(values)
+            specs.append(d)
+        out.append((layer, specs))
+    return out
 
 
 def write_layers(path: Path, layers: list[Layer]) -> Path:

@@ -23,11 +23,24 @@ import secrets
 import shlex
 import subprocess
 import tempfile
+import time
 from typing import Any
 
 import testinfra.backend
 from testinfra.backend import base
 from testinfra.backend.ssh import SshBackend
+
+# How long a new shell waits for an SSH server that refuses connections (restarting).
+CONNECT_WAIT = 30.0
+
+
+class ShellGone(RuntimeError):
+    """The remote shell ended (`status`: ssh's exit status; 255 when it never connected
+    or lost the connection)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ShellSshBackend(SshBackend):
@@ -55,6 +68,19 @@ class ShellSshBackend(SshBackend):
         return self.quote("sudo -n -u %s /bin/sh", self.sudo_user)
 
     def _start(self) -> None:
+        """Start the shell; while the SSH server does not take the connection (ssh exits
+        255: it is being restarted, by a self-healing spec in another layer's run, say),
+        try again for up to CONNECT_WAIT seconds."""
+        deadline = time.monotonic() + CONNECT_WAIT
+        while True:
+            try:
+                return self._start_once()
+            except ShellGone as e:
+                if e.status != 255 or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    def _start_once(self) -> None:
         cmd, cmd_args = self._build_ssh_command(self._shell_command())
         self._errors = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
@@ -93,7 +119,7 @@ class ShellSshBackend(SshBackend):
         self._proc = None
         self._errors.seek(0)
         errors = self._errors.read().decode(errors="replace").strip()
-        raise RuntimeError(f"the spec shell on {self.host.name} ended (exit {rc}): {errors}")
+        raise ShellGone(rc, f"the spec shell on {self.host.name} ended (exit {rc}): {errors}")
 
     def run(self, command: str, *args: str, **kwargs: Any) -> base.CommandResult:
         if self._proc is None or self._proc.poll() is not None:

@@ -40,6 +40,7 @@ def run(
     quiet: bool = False,
     stop_grace: float = 10.0,
     die_with_us: bool = False,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> int:
     """Run `cmd`, stream its merged output line by line as `[prefix] line`, return its exit code.
 
@@ -48,6 +49,7 @@ def run(
     resources), then killed, so no tool (qemu under packer, say) outlives us. A second
     Ctrl-C while it cleans up does not cut that short. With `die_with_us`, the kernel
     also sends the child SIGTERM if goldsmith itself is killed (SIGKILL included).
+    `on_start` is given the child as soon as it runs (to stop it from another thread).
     """
     argv = [str(c) for c in cmd]
     if die_with_us and shutil.which("setpriv"):
@@ -68,6 +70,8 @@ def run(
         bufsize=1,
         start_new_session=True,
     )
+    if on_start:
+        on_start(proc)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

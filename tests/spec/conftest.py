@@ -87,19 +87,9 @@ def load_defaults(role: str, root: Path = PROJECT_ROOT) -> Expected:
 
 def playbook_vars(role: str, playbook: Path) -> dict[str, Any]:
     """What `playbook` sets for `role`: each applying play's `vars:`, then the entry's own."""
-    plays = _read_mapping(playbook) or []
-    found: dict[str, Any] = {}
-    for play in plays if isinstance(plays, list) else []:
-        if not isinstance(play, dict):
-            continue
-        for entry in play.get("roles") or []:
-            name = entry if isinstance(entry, str) else entry.get("role") or entry.get("name")
-            if name != role:
-                continue
-            found |= play.get("vars") or {}
-            if isinstance(entry, dict):
-                found |= entry.get("vars") or {}
-    return found
+    from goldsmith.roles import playbook_vars as of_plays
+
+    return of_plays(_read_mapping(playbook) or [], role)
 
 
 def expected(role: str, root: Path = PROJECT_ROOT) -> Expected:

@@ -80,3 +80,40 @@ def test_with_sudo_the_shell_is_sudos_and_commands_are_not_wrapped_again() -> No
 
 def test_loading_the_plugin_gives_ssh_hosts_this_backend() -> None:
     assert testinfra.backend.get_backend_class("ssh") is spec_shell.ShellSshBackend
+
+
+class RefusedFirst(LocalShell):
+    """An SSH server that refuses the first `refusals` connections (ssh exits 255), as
+    one being restarted does, or that fails another way (`status`)."""
+
+    def __init__(self, *args, refusals: int, status: int = 255, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.refusals, self.status, self.attempts = refusals, status, 0
+
+    def _build_ssh_command(self, command: str) -> tuple[list[str], list[str]]:
+        self.attempts += 1
+        if self.attempts <= self.refusals:
+            return ["sh", "-c", "%s"], [f"echo Connection refused >&2; exit {self.status}"]
+        return super()._build_ssh_command(command)
+
+
+def test_a_server_that_refuses_for_a_while_is_tried_again(monkeypatch) -> None:
+    monkeypatch.setattr(spec_shell.time, "sleep", lambda s: None)
+    backend = RefusedFirst("ssh://nobody@127.0.0.1", refusals=2)
+    assert testinfra.host.Host(backend).check_output("echo in") == "in"
+    assert backend.attempts == 3
+    backend.close()
+
+
+def test_a_refusal_past_the_wait_or_another_failure_is_an_error(monkeypatch) -> None:
+    monkeypatch.setattr(spec_shell.time, "sleep", lambda s: None)
+    monkeypatch.setattr(spec_shell, "CONNECT_WAIT", -1.0)
+    refused = RefusedFirst("ssh://nobody@127.0.0.1", refusals=5)
+    with pytest.raises(spec_shell.ShellGone, match="exit 255.*Connection refused"):
+        testinfra.host.Host(refused).run("true")
+    assert refused.attempts == 1
+    denied = RefusedFirst("ssh://nobody@127.0.0.1", refusals=5, status=1)
+    monkeypatch.setattr(spec_shell, "CONNECT_WAIT", 30.0)
+    with pytest.raises(spec_shell.ShellGone, match="exit 1"):
+        testinfra.host.Host(denied).run("true")
+    assert denied.attempts == 1

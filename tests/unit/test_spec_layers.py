@@ -1,0 +1,99 @@
+"""A layered image's spec step (goldsmith.spec.run_layers): every layer's specs run, each
+with its own playbook's values, the layers at once, a role proven alike by an earlier
+layer not run again, one JUnit file with a suite per layer.
+
+The specs are real pytest files run by real pytest processes against this machine
+(`local://`); they prove concurrency by waiting for each other, not by a clock.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from goldsmith import spec
+
+# Each layer's spec announces itself, then waits (up to a minute) for the other layer's:
+# run one after the other, the first would give up and fail.
+_WAITS_FOR = textwrap.dedent(
+    """
+    import os, time
+    from pathlib import Path
+
+    def test_{me}_meets_{other}():
+        rendezvous = Path(os.environ["RENDEZVOUS"])
+        (rendezvous / "{me}").touch()
+        deadline = time.monotonic() + 60
+        while not (rendezvous / "{other}").exists():
+            assert time.monotonic() < deadline, "{other}'s specs never ran beside mine"
+            time.sleep(0.05)
+    """
+)
+
+
+def _project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    for role, other in (("parent_role", "child_role"), ("child_role", "parent_role")):
+        d = root / "tests/spec" / role
+        d.mkdir(parents=True)
+        (d / f"test_{role}.py").write_text(_WAITS_FOR.format(me=role, other=other))
+    shared = root / "tests/spec/shared_role"
+    shared.mkdir()
+    (shared / "test_shared_role.py").write_text("def test_shared():\n    pass\n")
+    (root / "playbooks").mkdir()
+    return root
+
+
+def _playbook(root: Path, name: str, roles: list) -> Path:
+    path = root / "playbooks" / f"{name}.yml"
+    path.write_text(yaml.safe_dump([{"hosts": "all", "roles": roles}]))
+    return path
+
+
+def test_layers_run_at_once_and_a_role_proven_alike_runs_once(tmp_path: Path, monkeypatch) -> None:
+    root = _project(tmp_path)
+    monkeypatch.setenv("RENDEZVOUS", str(tmp_path))
+    specs = root / "tests/spec"
+    layers = [
+        spec.Layer(
+            "parent",
+            _playbook(root, "parent", ["parent_role", "shared_role"]),
+            [specs / "parent_role", specs / "shared_role"],
+        ),
+        spec.Layer(
+            "child",
+            _playbook(root, "child", ["child_role"]),
+            [specs / "child_role", specs / "shared_role"],
+        ),
+    ]
+    junit = tmp_path / "junit.xml"
+    result = spec.run_layers(layers, hosts="local://", junit=junit, root=root)
+    assert result is not None
+    assert (result.passed, result.failed) == (3, 0), result.failures
+    text = junit.read_text()
+    assert 'name="spec parent"' in text and 'name="spec"' in text
+    assert text.count('name="test_shared"') == 1
+    assert not list(tmp_path.glob("junit.*.xml"))
+
+
+def test_a_role_a_later_layer_applies_with_other_values_is_proven_again(
+    tmp_path: Path,
+) -> None:
+    root = _project(tmp_path)
+    specs = root / "tests/spec"
+    shared = specs / "shared_role"
+    parent = spec.Layer("parent", _playbook(root, "parent", ["shared_role"]), [shared])
+    child = spec.Layer(
+        "child",
+        _playbook(root, "child", [{"role": "shared_role", "vars": {"port": 8080}}]),
+        [shared],
+    )
+    alike = spec.Layer("alike", _playbook(root, "alike", ["shared_role"]), [shared])
+    plan = spec.layer_specs([parent, child, alike])
+    assert [(layer.image, specs) for layer, specs in plan] == [
+        ("parent", [shared]),
+        ("child", [shared]),
+        ("alike", []),
+    ]
