@@ -9,10 +9,20 @@ Keys with defaults (all others are required):
   bases.<name>.disk_size   4G
   images.<name>.aws.share_with     []
   images.<name>.aws.encrypt_boot   true
-  images.<name>.aws.kms_key_id     ""    (the account's default EBS key)
+  images.<name>.aws.kms_key_id     ""    (each region's default EBS key, aws/ebs)
   images.<name>.aws.spot           false
 `images.<name>.aws` is required when the image has the `aws` or `twin` target.
 Top-level keys starting with `x-` are ignored: a place for shared anchors.
+
+`aws.kms_key_id` is one of (KMS keys are regional: every region an AMI is copied to
+needs a key of its own once any key is set, or the copy silently gets the default key):
+  ""                          the default aws/ebs key in each region
+  alias/<name>, or its ARN    the alias of that name in each region
+  mrk-<id>, or its ARN        a multi-region key (its replica in each region)
+  <key id>, or a key's ARN    a single-region key: only for an image with one region
+  {<region>: <key>, ...}      one key per region, exactly the image's regions
+An image shared with other accounts (`share_with`) needs a customer-managed key: they
+cannot launch an AMI encrypted with the owner's default aws/ebs key.
 
 An image names either a `base` or a `parent` image (a layered image): a child bakes from
 its parent's proven artifact on the same target, so its targets are among its parent's,
@@ -64,6 +74,8 @@ KMS_KEY_RE = re.compile(
     r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}|"
     r"alias/[A-Za-z0-9/_-]+|arn:aws[a-z-]*:kms:\S+)$"
 )
+KMS_ARN_RE = re.compile(r"^(arn:aws[a-z-]*:kms):([a-z0-9-]+):([0-9]{12}):(key|alias)/(.+)$")
+DEFAULT_EBS_ALIAS = "alias/aws/ebs"
 SSM_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 
 
@@ -114,8 +126,13 @@ class AwsSettings:
     share_with: tuple[str, ...]
     ssm_parameter: str
     encrypt_boot: bool
-    kms_key_id: str
     spot: bool
+    # {region: KMS key} for every region, or {} for each region's default aws/ebs key.
+    kms_key_ids: dict[str, str] = field(default_factory=dict)
+
+    def kms_key_for(self, region: str) -> str:
+        """The KMS key for volumes and copies in `region` ("" is the default aws/ebs key)."""
+        return self.kms_key_ids.get(region, "")
 
 
 @dataclass(frozen=True)
@@ -717,11 +734,13 @@ def _aws(v: _Validator, image: str, n: _Node, layered: bool = False) -> AwsSetti
     if (n_ := node("ssm_parameter")) is not None:
         ssm = _ssm(v, n_, image)
     encrypt = v.boolean(n_) if (n_ := node("encrypt_boot")) is not None else True
-    kms = ""
+    kms: dict[str, str] | None = {}
     if (n_ := node("kms_key_id")) is not None:
-        kms = v.string(n_, KMS_KEY_RE, "a KMS key id, alias/<name> or key ARN", allow_empty=True)
+        kms = _kms_keys(v, n_, regions)
         if kms and encrypt is False:
             v.problem(n_.line, n_.path, "a KMS key is set but encrypt_boot is false")
+    if share_with and encrypt and kms is not None:
+        _check_shareable(v, node("share_with"), node("kms_key_id"), share_with, kms)
     spot = v.boolean(n_) if (n_ := node("spot")) is not None else False
     if len(v.problems) > before:
         return None
@@ -734,8 +753,130 @@ def _aws(v: _Validator, image: str, n: _Node, layered: bool = False) -> AwsSetti
         share_with=share_with,  # type: ignore[arg-type]
         ssm_parameter=ssm,
         encrypt_boot=encrypt,
-        kms_key_id=kms,
         spot=spot,  # type: ignore[arg-type]
+        kms_key_ids=kms or {},
+    )
+
+
+KMS_RULE = "a KMS key id, alias/<name>, multi-region key mrk-<id> or key ARN"
+
+
+def _kms_keys(v: _Validator, n: _Node, regions: tuple[str, ...] | None) -> dict[str, str] | None:
+    """`aws.kms_key_id` as {region: key} for every region of the image ({}: default key).
+
+    None when it is invalid (reported). Without valid `regions` only the values are checked.
+    """
+    if isinstance(n.node, yaml.MappingNode):
+        return _kms_per_region(v, n, regions)
+    if not isinstance(n.node, yaml.ScalarNode):
+        what = _kind_of(n.node)
+        v.problem(n.line, n.path, f"must be a KMS key or a mapping of region to key, not {what}")
+        return None
+    key = v.string(n, KMS_KEY_RE, KMS_RULE, allow_empty=True)
+    if not key or regions is None:
+        return {} if key == "" else None
+    keys = {r: _key_in(key, r) for r in regions}
+    if any(k is None for k in keys.values()):
+        where = ", ".join(regions)
+        v.problem(
+            n.line,
+            n.path,
+            f"{key!r} is a key of one region only, and the image is copied to {where}: "
+            f"give one key per region ({{{regions[0]}: <key>, ...}}), an alias/<name>, "
+            "or a multi-region key (mrk-<id>)",
+        )
+        return None
+    return keys  # type: ignore[return-value]
+
+
+def _key_in(key: str, region: str) -> str | None:
+    """`key` as it is named in `region`; None when it cannot exist there.
+
+    An alias name and a multi-region key id are the same in every region, and their ARNs
+    differ only by region; a single-region key exists only in the region of its ARN (a
+    bare key id: in a single-region image only).
+    """
+    arn = KMS_ARN_RE.match(key)
+    if arn is None:
+        return key if key.startswith(("alias/", "mrk-")) else None
+    prefix, key_region, account, kind, name = arn.groups()
+    if key_region == region:
+        return key
+    if kind == "alias" or name.startswith("mrk-"):
+        return f"{prefix}:{region}:{account}:{kind}/{name}"
+    return None
+
+
+def _kms_per_region(
+    v: _Validator, n: _Node, regions: tuple[str, ...] | None
+) -> dict[str, str] | None:
+    entries = v.entries(n, "a mapping of region to KMS key")
+    if entries is None:
+        return None
+    before = len(v.problems)
+    keys: dict[str, str] = {}
+    for region, (line, value) in entries.items():
+        if regions is not None and region not in regions:
+            v.problem(
+                line,
+                value.path,
+                f"{region!r} is not one of the image's regions ({', '.join(regions)})"
+                f"{_suggest(region, regions)}",
+            )
+            continue
+        key = v.string(value, KMS_KEY_RE, KMS_RULE)
+        if key is None:
+            continue
+        arn = KMS_ARN_RE.match(key)
+        if arn and arn.group(2) != region:
+            v.problem(
+                value.line, value.path, f"{key!r} is a key in {arn.group(2)}, not in {region}"
+            )
+            continue
+        keys[region] = key
+    for region in regions or ():
+        if region not in entries:
+            v.problem(
+                n.key_line,
+                n.path,
+                f"no key for region {region!r}: once any region has a KMS key, every region "
+                "the image is copied to needs one (else its copy gets the default aws/ebs key)",
+            )
+    return keys if len(v.problems) == before else None
+
+
+def is_default_key(key: str) -> bool:
+    """Whether `key` is the account's default EBS key: none, or the aws/ebs alias."""
+    return not key or key == DEFAULT_EBS_ALIAS or key.endswith(":" + DEFAULT_EBS_ALIAS)
+
+
+def _check_shareable(
+    v: _Validator,
+    at: _Node | None,
+    key_node: _Node | None,
+    share_with: tuple[str, ...],
+    kms: dict[str, str],
+) -> None:
+    """An AMI shared with other accounts must be encrypted with a key they may use.
+
+    Reported at `share_with`, the key that asks for sharing (the key may come from a
+    shared anchor); the message names the kms_key_id value that makes it impossible.
+    """
+    default = sorted(r for r, k in kms.items() if is_default_key(k))
+    if at is None or (kms and not default):
+        return
+    if kms:
+        value = f"kms_key_id is {kms[default[0]]!r} in {', '.join(default)}"
+    elif key_node is not None:
+        value = f"kms_key_id is {v.value(key_node)!r} (the default aws/ebs key)"
+    else:
+        value = "no kms_key_id is set (the default aws/ebs key)"
+    v.problem(
+        at.line,
+        at.path,
+        f"sharing with {', '.join(share_with)} needs a customer-managed KMS key, but {value}: "
+        "another account cannot launch an AMI encrypted with the owner's default EBS key; "
+        "set kms_key_id to a key (per region) whose policy lets those accounts use it",
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from moto import mock_aws
 
+from goldsmith.aws import twin_moto
 from goldsmith.aws.clients import Aws
 from goldsmith.aws.twin import DEBIAN_OWNER, seeded_amis
 
@@ -56,6 +57,7 @@ images:
     aws:
       <<: *aws
       share_with: ["111122223333"]
+      kms_key_id: alias/goldsmith-ami
   lab:
     base: jammy
     playbook: playbooks/base.yml
@@ -163,6 +165,8 @@ def _small_ami_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         mp.setenv("MOTO_AMIS_PATH", str(path))
         # A copy: moto parses the dates in place, and the twin's seeds must stay JSON.
         mp.setattr(moto_amis, "AMIS", json.loads(path.read_text()))
+        # moto answering as the twin's does: encrypted, tagged copies (see twin_moto).
+        twin_moto.install(mp.setattr)
         yield
 
 

@@ -242,3 +242,101 @@ def test_failed_ami_reports_aws_reason(monkeypatch: pytest.MonkeyPatch) -> None:
             GoldsmithError, match="AMI ami-0abc in eu-central-1 failed: snapshot lost"
         ):
             amis.wait_available(aws, CENTRAL, "ami-0abc", amis.Wait(timeout_s=5, delay_s=1))
+
+
+# --- encryption and tags at creation (moto answers as the twin's: see twin_moto) -------
+
+KEYS = {
+    CENTRAL: "arn:aws:kms:eu-central-1:123456789012:key/mrk-0123456789abcdef0123456789abcdef",
+    NORTH: "alias/goldsmith-ami",
+}
+
+
+def encryption_of(aws: Aws, region: str, ami_id: str) -> list[tuple[bool, str]]:
+    """(Encrypted, KmsKeyId) of every snapshot behind `ami_id`, and the mappings agree."""
+    image = amis.describe_image(aws, region, ami_id)
+    mapped = [m["Ebs"]["Encrypted"] for m in image["BlockDeviceMappings"] if "Ebs" in m]
+    snaps = aws.ec2(region).describe_snapshots(SnapshotIds=amis.snapshots_of(image))["Snapshots"]
+    found = [(bool(s["Encrypted"]), str(s.get("KmsKeyId", ""))) for s in snaps]
+    assert mapped == [e for e, _ in found]
+    return found
+
+
+def test_every_copy_is_encrypted_with_its_regions_key(aws: Aws) -> None:
+    ami = bake(aws)
+    built = amis.Built(amis={WEST: ami}, run_uuid="r", build_name="aws")
+    images = amis.copy_to_regions(
+        aws, built, [WEST, CENTRAL, NORTH], PROV.tags(), kms_key_ids=KEYS, wait=amis.Wait(60, 1)
+    )
+    for region in (CENTRAL, NORTH):
+        found = encryption_of(aws, region, images[region]["ImageId"])
+        assert found and found == [(True, KEYS[region])] * len(found), region
+
+
+def test_copy_image_asks_for_encryption_and_the_key(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What goes to AWS, whatever moto makes of it: Encrypted and the region's key."""
+    ami = bake(aws)
+    calls: dict[str, dict] = {}
+    for region in (CENTRAL, NORTH):
+        client = aws.ec2(region)
+        real = client.raw.copy_image
+
+        def spy(real=real, region=region, **kwargs):  # type: ignore[no-untyped-def]
+            calls[region] = kwargs
+            return real(**kwargs)
+
+        monkeypatch.setattr(client.raw, "copy_image", spy)
+    built = amis.Built(amis={WEST: ami}, run_uuid="r", build_name="aws")
+    amis.copy_to_regions(
+        aws, built, [CENTRAL, NORTH], PROV.tags(), kms_key_ids=KEYS, wait=amis.Wait(60, 1)
+    )
+    for region in (CENTRAL, NORTH):
+        assert calls[region]["Encrypted"] is True
+        assert calls[region]["KmsKeyId"] == KEYS[region]
+
+
+def test_without_keys_copies_get_the_regions_default_key(aws: Aws) -> None:
+    ami = bake(aws)
+    built = amis.Built(amis={WEST: ami}, run_uuid="r", build_name="aws")
+    images = amis.copy_to_regions(aws, built, [CENTRAL], PROV.tags(), wait=amis.Wait(60, 1))
+    found = encryption_of(aws, CENTRAL, images[CENTRAL]["ImageId"])
+    assert found and all(encrypted and key for encrypted, key in found)
+    assert all(key not in KEYS.values() for _, key in found)
+
+
+def test_a_region_without_a_key_fails_before_any_copy(aws: Aws) -> None:
+    ami = bake(aws)
+    built = amis.Built(amis={WEST: ami}, run_uuid="r", build_name="aws")
+    with pytest.raises(GoldsmithError, match=r"no KMS key for region\(s\) eu-central-1"):
+        amis.copy_to_regions(
+            aws, built, [CENTRAL, NORTH], PROV.tags(), kms_key_ids={NORTH: "alias/x"}
+        )
+    for region in (CENTRAL, NORTH):
+        assert list(amis.describe_images(aws, region, owners=["self"])) == []
+
+
+def test_a_copy_is_tagged_the_moment_it_exists(aws: Aws) -> None:
+    """Before any wait: a publish killed here leaves a copy the reaper and a rerun find."""
+    ami = bake(aws)
+    source = amis.describe_image(aws, WEST, ami)
+    copy = amis.start_copy(
+        aws, WEST, source, CENTRAL, tags=PROV.tags(), encrypted=True, kms_key_id=KEYS[CENTRAL]
+    )
+    image = amis.describe_image(aws, CENTRAL, copy)
+    tags = amis.tags_of(image)
+    for key in (amis.TAG_BUILD_ID, amis.TAG_FINGERPRINT, amis.TAG_GIT_SHA):
+        assert tags[key] == PROV.tags()[key]
+    assert tags[amis.TAG_SOURCE_AMI] == ami
+    snaps = aws.ec2(CENTRAL).describe_snapshots(SnapshotIds=amis.snapshots_of(image))
+    for snap in snaps["Snapshots"]:
+        assert amis.tags_of(snap)[amis.TAG_BUILD_ID] == PROV.build_id
+    assert amis.find_copy(aws, CENTRAL, ami)["ImageId"] == copy  # type: ignore[index]
+
+
+def test_build_time_is_read_from_the_build_id() -> None:
+    moment = amis.build_time("web-api-20261204T173909Z-4242")
+    assert moment is not None and moment.isoformat() == "2026-12-04T17:39:09+00:00"
+    assert amis.build_time("build-42") is None
+    assert amis.build_time("web-20261399T000000Z-1") is None  # no 99th of the 13th month

@@ -21,7 +21,7 @@ SETTINGS = SimpleNamespace(
     ssh_username="admin",
     instance_type="t3.small",
     encrypt_boot=True,
-    kms_key_id="",
+    kms_key_for=lambda region: "",
     spot=False,
 )
 PROV = amis.Provenance("web", "abc", "f" * 64, "b1", ("base", "nginx"))
@@ -57,13 +57,22 @@ def test_real_aws_cidrs_from_the_setting() -> None:
         Settings.from_config({"aws_ssh_cidrs": "everyone"})
 
 
+def test_the_build_regions_kms_key_encrypts_the_launch_volume() -> None:
+    keys = {"eu-west-1": "alias/west", "eu-central-1": "alias/central"}
+    settings = SimpleNamespace(**{**vars(SETTINGS), "kms_key_for": keys.get})
+    v = packer_vars.packer_vars(settings, PROV, region="eu-central-1", ssh_source_cidrs=[])
+    assert (v["aws_encrypt_boot"], v["aws_kms_key_id"]) == (True, "alias/central")
+
+
 @pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed")
-@pytest.mark.parametrize("spot", [False, True])
-def test_packer_accepts_the_source_with_these_values(tmp_path: Path, spot: bool) -> None:
+@pytest.mark.parametrize(("spot", "kms"), [(False, ""), (True, ""), (False, "alias/goldsmith-ami")])
+def test_packer_accepts_the_source_with_these_values(tmp_path: Path, spot: bool, kms: str) -> None:
     for f in ("variables.aws.pkr.hcl", "source.aws.pkr.hcl"):
         shutil.copy(ROOT / "packer" / f, tmp_path / f)
     (tmp_path / "build.pkr.hcl").write_text('build {\n  sources = ["source.amazon-ebs.aws"]\n}\n')
-    settings = SimpleNamespace(**{**vars(SETTINGS), "spot": spot})
+    settings = SimpleNamespace(
+        **{**vars(SETTINGS), "spot": spot, "kms_key_for": lambda region: kms}
+    )
     v = packer_vars.packer_vars(
         settings, PROV, region="eu-west-1", ssh_source_cidrs=["10.1.2.3/32"]
     )

@@ -142,3 +142,142 @@ def test_build_manifest_gives_provenance_and_the_embedded_packer_manifest(tmp_pa
     path.write_text(json.dumps({k: v for k, v in data.items() if k != "fingerprint"}))
     with pytest.raises(GoldsmithError, match="manifest.json: key 'fingerprint' is missing"):
         publish.from_build_manifest(path)
+
+
+# --- the pointer only moves forward, in every region together ---------------------------
+
+PARAM = "/goldsmith/{image}/latest"
+OLD = amis.Provenance("web", "a" * 40, "1" * 64, "web-20261204T120000Z-11", ("nginx",))
+NEW = amis.Provenance("web", "b" * 40, "2" * 64, "web-20261204T130000Z-22", ("nginx",))
+
+
+def baked(aws: Aws, prov: amis.Provenance) -> amis.Built:
+    """What Packer leaves in eu-west-1 for build `prov`: a tagged AMI."""
+    ec2 = aws.ec2(WEST)
+    source = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    inst = ec2.run_instances(ImageId=source, MinCount=1, MaxCount=1)["Instances"][0]
+    ami = ec2.create_image(InstanceId=inst["InstanceId"], Name=prov.build_id)["ImageId"]
+    amis.tag_image(aws, WEST, amis.describe_image(aws, WEST, ami), prov.tags())
+    return amis.Built(amis={WEST: ami}, run_uuid=prov.build_id, build_name="aws")
+
+
+def publish_to_both(aws: Aws, built: amis.Built, prov: amis.Provenance) -> publish.PublishResult:
+    return publish.publish(
+        aws,
+        built,
+        prov,
+        regions=[WEST, CENTRAL],
+        share_with=[],
+        ssm_parameter=PARAM,
+        wait=amis.Wait(60, 1),
+    )
+
+
+def pointers(aws: Aws) -> dict[str, str | None]:
+    return {r: ssm.get_ami(aws, r, "/goldsmith/web/latest") for r in (WEST, CENTRAL)}
+
+
+def test_an_older_build_never_replaces_a_newer_one(aws: Aws) -> None:
+    old, new = baked(aws, OLD), baked(aws, NEW)
+    newer = publish_to_both(aws, new, NEW)
+    before = pointers(aws)
+    assert before == {r: newer.regions[r].ami_id for r in (WEST, CENTRAL)}
+    with pytest.raises(publish.PointerIsNewer) as err:
+        publish_to_both(aws, old, OLD)
+    message = str(err.value)
+    assert "image 'web' build web-20261204T120000Z-11 (built 2026-12-04 12:00:00 UTC)" in message
+    for region in (WEST, CENTRAL):
+        assert f"in {region} it points at {before[region]}" in message
+    assert "build web-20261204T130000Z-22, built 2026-12-04 13:00:00 UTC" in message
+    assert pointers(aws) == before
+    # Refused before copying: no copy of the old build was made.
+    flt = {f"tag:{amis.TAG_BUILD_ID}": [OLD.build_id]}
+    assert list(amis.describe_images(aws, CENTRAL, owners=["self"], filters=flt)) == []
+
+
+def test_a_newer_build_moves_the_pointer_everywhere(aws: Aws) -> None:
+    old, new = baked(aws, OLD), baked(aws, NEW)
+    first = publish_to_both(aws, old, OLD)
+    second = publish_to_both(aws, new, NEW)
+    for region in (WEST, CENTRAL):
+        assert second.regions[region].ssm_previous == first.regions[region].ami_id
+        assert pointers(aws)[region] == second.regions[region].ami_id
+
+
+def test_a_newer_publish_landing_during_the_copies_wins(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check runs again after the copies, just before the first write."""
+    old, new = baked(aws, OLD), baked(aws, NEW)
+    copy = amis.copy_to_regions
+
+    def copy_while_newer_lands(*args, **kwargs):  # type: ignore[no-untyped-def]
+        images = copy(*args, **kwargs)
+        monkeypatch.setattr(amis, "copy_to_regions", copy)
+        publish_to_both(aws, new, NEW)
+        return images
+
+    monkeypatch.setattr(amis, "copy_to_regions", copy_while_newer_lands)
+    with pytest.raises(publish.PointerIsNewer, match="eu-central-1"):
+        publish_to_both(aws, old, OLD)
+    for region, ami in pointers(aws).items():
+        image = amis.describe_image(aws, region, ami)  # type: ignore[arg-type]
+        assert amis.tags_of(image)[amis.TAG_BUILD_ID] == NEW.build_id
+
+
+def test_a_copy_that_fails_in_one_region_moves_no_pointer(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto.ec2.models import ec2_backends
+
+    old, new = baked(aws, OLD), baked(aws, NEW)
+    publish_to_both(aws, old, OLD)
+    before = pointers(aws)
+    start = amis.start_copy
+
+    def copy_then_fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+        ami_id = start(*args, **kwargs)
+        ec2_backends["123456789012"][CENTRAL].amis[ami_id].state = "failed"
+        return ami_id
+
+    monkeypatch.setattr(amis, "start_copy", copy_then_fail)
+    with pytest.raises(GoldsmithError, match=r"AMI ami-\w+ in eu-central-1 failed"):
+        publish_to_both(aws, new, NEW)
+    assert pointers(aws) == before
+
+
+def test_a_failed_write_puts_the_moved_regions_back(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = baked(aws, OLD), baked(aws, NEW)
+    publish_to_both(aws, old, OLD)
+    before = pointers(aws)
+    put = ssm.put_ami
+
+    def put_but_not_in_central(aws_, region, name, ami_id, description=""):  # type: ignore[no-untyped-def]
+        if region == CENTRAL and "restored" not in description:
+            raise GoldsmithError("AWS ssm:PutParameter failed in eu-central-1 (Throttled)")
+        return put(aws_, region, name, ami_id, description)
+
+    monkeypatch.setattr(ssm, "put_ami", put_but_not_in_central)
+    with pytest.raises(GoldsmithError, match="put back on its previous AMI in eu-west-1"):
+        publish_to_both(aws, new, NEW)
+    assert pointers(aws) == before
+
+
+def test_a_pointer_goldsmith_cannot_date_is_replaced(aws: Aws) -> None:
+    """Set by hand, or at an AMI of no goldsmith build: nothing says it is newer."""
+    foreign = aws.ec2(WEST).describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ssm.put_ami(aws, WEST, "/goldsmith/web/latest", foreign)
+    result = publish_to_both(aws, baked(aws, OLD), OLD)
+    assert result.regions[WEST].ssm_previous == foreign
+    assert pointers(aws)[WEST] == result.regions[WEST].ami_id
+
+
+def test_a_build_that_cannot_be_dated_never_replaces_a_dated_one(aws: Aws) -> None:
+    publish_to_both(aws, baked(aws, NEW), NEW)
+    before = pointers(aws)
+    undated = amis.Provenance("web", "c" * 40, "3" * 64, "hand-made", ("nginx",))
+    with pytest.raises(publish.PointerIsNewer, match=r"build hand-made \(built an unknown time\)"):
+        publish_to_both(aws, baked(aws, undated), undated)
+    assert pointers(aws) == before

@@ -148,3 +148,20 @@ def test_build_key_is_imported_tagged_and_replaced(aws: Aws) -> None:
     assert amis.tags_of(pair)[amis.TAG_BUILD_ID] == "b7"
     assert keys.delete_build_key(aws, WEST, "b7") is True
     assert keys.delete_build_key(aws, WEST, "b7") is False
+
+
+def test_a_copy_cut_short_is_found_by_its_build_tag(aws: Aws) -> None:
+    """A publish that dies right after CopyImage: the copy carries the build id already."""
+    ec2 = aws.ec2(WEST)
+    source = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    inst = ec2.run_instances(ImageId=source, MinCount=1, MaxCount=1)["Instances"][0]
+    ami = ec2.create_image(InstanceId=inst["InstanceId"], Name="goldsmith-web")["ImageId"]
+    prov = amis.Provenance("web", "sha", "f" * 64, "build-9")
+    copy = amis.start_copy(
+        aws, WEST, amis.describe_image(aws, WEST, ami), CENTRAL, tags=prov.tags(), encrypted=True
+    )
+    snaps = amis.snapshots_of(amis.describe_image(aws, CENTRAL, copy))
+    done = reaper.reap(aws, [CENTRAL], "build-9", images=True)
+    assert done.images == [f"{CENTRAL}:{copy}"]
+    assert done.snapshots == [f"{CENTRAL}:{s}" for s in sorted(snaps)]
+    assert list(amis.describe_images(aws, CENTRAL, owners=["self"])) == []

@@ -360,3 +360,101 @@ def test_a_bad_parent_is_named_with_its_line(
     project: Project, old: str, new: str, message: str
 ) -> None:
     assert message in layered_error(project, old, new)
+
+
+# --- KMS keys: one per region, and none of them aws/ebs when the AMI is shared -----------
+
+WEB_KEY = "      kms_key_id: alias/goldsmith-ami\n"
+MRK_ARN = "arn:aws:kms:eu-west-1:123456789012:key/mrk-0123456789abcdef0123456789abcdef"
+
+
+def web_keys(project: Project, value: str) -> catalogue.AwsSettings:
+    """The standard catalogue with web's kms_key_id set to `value` (YAML); web's settings."""
+    project.standard()
+    project.catalogue(project.CATALOGUE.replace(WEB_KEY, f"      kms_key_id: {value}\n"))
+    settings = catalogue.load(project.root / "images.yml").image("web").aws
+    assert settings is not None
+    return settings
+
+
+def test_an_alias_names_the_key_of_that_name_in_every_region(project: Project) -> None:
+    settings = web_keys(project, "alias/goldsmith-ami")
+    assert settings.kms_key_ids == {
+        "eu-west-1": "alias/goldsmith-ami",
+        "eu-central-1": "alias/goldsmith-ami",
+    }
+    assert settings.kms_key_for("eu-central-1") == "alias/goldsmith-ami"
+
+
+def test_a_multi_region_key_arn_names_its_replica_in_every_region(project: Project) -> None:
+    settings = web_keys(project, MRK_ARN)
+    assert settings.kms_key_ids["eu-west-1"] == MRK_ARN
+    assert settings.kms_key_ids["eu-central-1"] == MRK_ARN.replace("eu-west-1", "eu-central-1")
+
+
+def test_a_key_per_region(project: Project) -> None:
+    settings = web_keys(
+        project,
+        "\n        eu-west-1: arn:aws:kms:eu-west-1:123456789012:key/"
+        "0b1c2d3e-0000-4000-8000-000000000001\n        eu-central-1: alias/central",
+    )
+    assert settings.kms_key_ids == {
+        "eu-west-1": "arn:aws:kms:eu-west-1:123456789012:key/0b1c2d3e-0000-4000-8000-000000000001",
+        "eu-central-1": "alias/central",
+    }
+
+
+def test_unshared_image_without_a_key_uses_the_default(project: Project) -> None:
+    project.standard()
+    base = catalogue.load(project.root / "images.yml").image("base").aws
+    assert base is not None and base.kms_key_ids == {} and base.kms_key_for("eu-west-1") == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "expected"),
+    [
+        ("\n        eu-west-1: alias/west", "images.web.aws.kms_key_id",
+         "no key for region 'eu-central-1': once any region has a KMS key, every region"),
+        ("\n        eu-west-1: alias/w\n        eu-central-1: alias/c\n        us-east-1: alias/u",
+         "images.web.aws.kms_key_id.us-east-1", "'us-east-1' is not one of the image's regions"),
+        ("\n        eu-west-1: alias/west\n        eu-central-1: ''",
+         "images.web.aws.kms_key_id.eu-central-1", "must not be empty"),
+        ("\n        eu-west-1: alias/west\n        eu-central-1: " + MRK_ARN,
+         "images.web.aws.kms_key_id.eu-central-1",
+         f"'{MRK_ARN}' is a key in eu-west-1, not in eu-central-1"),
+        ("0b1c2d3e-0000-4000-8000-000000000001", "images.web.aws.kms_key_id",
+         "'0b1c2d3e-0000-4000-8000-000000000001' is a key of one region only, and the image "
+         "is copied to eu-west-1, eu-central-1"),
+        ("arn:aws:kms:eu-west-1:123456789012:key/0b1c2d3e-0000-4000-8000-000000000001",
+         "images.web.aws.kms_key_id", "is a key of one region only"),
+        ("[alias/a]", "images.web.aws.kms_key_id",
+         "must be a KMS key or a mapping of region to key, not a list"),
+        ('""', "images.web.aws.share_with",
+         "sharing with 111122223333 needs a customer-managed KMS key, but kms_key_id is '' "
+         "(the default aws/ebs key): another account cannot launch an AMI encrypted with the "
+         "owner's default EBS key"),
+        ("alias/aws/ebs", "images.web.aws.share_with",
+         "but kms_key_id is 'alias/aws/ebs' in eu-central-1, eu-west-1"),
+        ("\n        eu-west-1: alias/west\n        eu-central-1: "
+         "arn:aws:kms:eu-central-1:123456789012:alias/aws/ebs", "images.web.aws.share_with",
+         "kms_key_id is 'arn:aws:kms:eu-central-1:123456789012:alias/aws/ebs' in eu-central-1"),
+    ],
+)  # fmt: skip
+def test_bad_kms_keys_are_named(project: Project, value: str, path: str, expected: str) -> None:
+    msg = broken(project, WEB_KEY, f"      kms_key_id: {value}\n")
+    assert any(
+        line.split(":")[0].endswith("images.yml") and f": {path}: " in line and expected in line
+        for line in msg.splitlines()
+    ), msg
+
+
+def test_sharing_without_any_key_is_refused_at_share_with(project: Project) -> None:
+    msg = broken(project, WEB_KEY, "")
+    line = project.line("images.yml", 'share_with: ["111122223333"]')
+    assert f"images.yml:{line}: images.web.aws.share_with: " in msg, msg
+    assert "but kms_key_id is '' (the default aws/ebs key)" in msg  # the anchor's value
+
+
+def test_a_key_with_encryption_off_is_an_error(project: Project) -> None:
+    msg = broken(project, WEB_KEY, WEB_KEY + "      encrypt_boot: false\n")
+    assert "images.web.aws.kms_key_id: a KMS key is set but encrypt_boot is false" in msg

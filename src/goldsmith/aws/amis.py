@@ -8,8 +8,10 @@ the build only reaches the manifest when every provisioner, specs included, succ
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ TAG_VALUE_MAX = 256  # EC2's limit on a tag value
 # describe_* page size; small enough that pagination really happens in large accounts.
 PAGE_SIZE = 100
 AMAZON_EBS = "amazon-ebs"
+# A bake's id is "<image>-<UTC time the bake started>-<pid>" (the pipeline makes it).
+BUILD_TIME_RE = re.compile(r"-(\d{8}T\d{6}Z)-\d+$")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,26 @@ class Provenance:
             TAG_BUILD_ID: self.build_id,
             TAG_ROLES: roles_tag(self.roles),
         }
+
+    @property
+    def built_at(self) -> datetime | None:
+        """When the bake started, read from its build id (None for an id of another form)."""
+        return build_time(self.build_id)
+
+
+def build_time(build_id: str) -> datetime | None:
+    """The UTC time in a goldsmith build id (``web-20261204T173909Z-4242``), or None.
+
+    The id is what every AMI of the build is tagged with (goldsmith:build-id), so the
+    time of any published AMI can be read back from its tags.
+    """
+    found = BUILD_TIME_RE.search(build_id or "")
+    if not found:
+        return None
+    try:
+        return datetime.strptime(found.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def roles_tag(roles: Iterable[str]) -> str:
@@ -192,18 +216,23 @@ def describe_images(
         yield from page.get("Images", [])
 
 
-def describe_image(aws: Aws, region: str, ami_id: str) -> dict[str, Any]:
-    """One image; a clear error when it does not exist in `region`."""
+def find_image(aws: Aws, region: str, ami_id: str) -> dict[str, Any] | None:
+    """One image, or None when it does not exist (any more) in `region`."""
     try:
         images = list(describe_images(aws, region, image_ids=[ami_id]))
     except AwsError as err:
         if err.code.startswith("InvalidAMIID"):
-            images = []
-        else:
-            raise
-    if not images:
+            return None
+        raise
+    return images[0] if images else None
+
+
+def describe_image(aws: Aws, region: str, ami_id: str) -> dict[str, Any]:
+    """One image; a clear error when it does not exist in `region`."""
+    image = find_image(aws, region, ami_id)
+    if image is None:
         raise GoldsmithError(f"AMI {ami_id} does not exist in {region}")
-    return images[0]
+    return image
 
 
 def snapshots_of(image: Mapping[str, Any]) -> list[str]:
@@ -323,37 +352,66 @@ def launch_permissions(aws: Aws, region: str, ami_id: str) -> list[str]:
     return sorted(p["UserId"] for p in attr.get("LaunchPermissions", []) if "UserId" in p)
 
 
+def copy_tags(tags: Mapping[str, str], source_region: str, source_ami: str) -> dict[str, str]:
+    """A copy's tags: the provenance, and where it was copied from (so a rerun reuses it)."""
+    return {**tags, TAG_SOURCE_AMI: source_ami, TAG_SOURCE_REGION: source_region}
+
+
 def start_copy(
     aws: Aws,
     source_region: str,
     image: Mapping[str, Any],
     region: str,
     *,
+    tags: Mapping[str, str],
     encrypted: bool,
     kms_key_id: str = "",
 ) -> str:
-    """Start copying `image` to `region` (or find the copy a previous publish made)."""
+    """Start copying `image` to `region` (or find the copy a previous publish made).
+
+    The copy and its snapshot carry `tags` from the moment they exist (CopyImage's
+    TagSpecifications), so a publish that dies while copying leaves nothing the reaper
+    (tag goldsmith:build-id) or the next publish (tag goldsmith:source-ami) cannot find.
+    """
     existing = find_copy(aws, region, image["ImageId"])
     if existing:
         log("publish", f"{region}: reusing copy {existing['ImageId']} of {image['ImageId']}")
-        return existing["ImageId"]
+        return str(existing["ImageId"])
+    marked = tag_list(copy_tags(tags, source_region, image["ImageId"]))
     kwargs: dict[str, Any] = {
         "SourceImageId": image["ImageId"],
         "SourceRegion": source_region,
         "Name": image.get("Name") or image["ImageId"],
         "Description": image.get("Description") or f"copy of {source_region}:{image['ImageId']}",
         "Encrypted": encrypted,
+        "TagSpecifications": [
+            {"ResourceType": "image", "Tags": marked},
+            {"ResourceType": "snapshot", "Tags": marked},
+        ],
     }
     if encrypted and kms_key_id:
         kwargs["KmsKeyId"] = kms_key_id
-    ami_id = aws.ec2(region).copy_image(**kwargs)["ImageId"]
-    # Marked at once so a publish that dies while copying finds and reuses it next time.
-    aws.ec2(region).create_tags(
-        Resources=[ami_id],
-        Tags=tag_list({TAG_SOURCE_AMI: image["ImageId"], TAG_SOURCE_REGION: source_region}),
-    )
-    log("publish", f"{region}: copying {image['ImageId']} from {source_region} as {ami_id}")
+    ami_id = str(aws.ec2(region).copy_image(**kwargs)["ImageId"])
+    key = f" with KMS key {kms_key_id}" if encrypted and kms_key_id else ""
+    log("publish", f"{region}: copying {image['ImageId']} from {source_region} as {ami_id}{key}")
     return ami_id
+
+
+def check_keys(regions: Iterable[str], kms_key_ids: Mapping[str, str], source_region: str) -> None:
+    """Every region a copy goes to needs its own key once any key is given.
+
+    KMS keys are regional: a region left out would silently get the account's default
+    EBS key, which accounts the AMI is shared with cannot use.
+    """
+    if not kms_key_ids:
+        return
+    missing = [r for r in dict.fromkeys(regions) if r != source_region and not kms_key_ids.get(r)]
+    if missing:
+        given = ", ".join(sorted(kms_key_ids))
+        raise GoldsmithError(
+            f"no KMS key for region(s) {', '.join(missing)} (keys are given for {given}): "
+            "every region an AMI is copied to needs its own key (images.yml aws.kms_key_id)"
+        )
 
 
 def copy_to_regions(
@@ -369,15 +427,19 @@ def copy_to_regions(
     """Copy the built AMI to every region in `regions`; return {region: image} for all of them.
 
     Copies start in all regions first and are waited for after, so they run in parallel.
-    Every image (the source too) and its snapshots end up tagged with `tags`.
-    `kms_key_ids` maps region to KMS key for encrypted copies (KMS keys are regional);
-    a region without one gets the account's default EBS key.
+    Every copy is tagged with `tags` as it is created; every image (the source too) and its
+    snapshots end up tagged with them. `kms_key_ids` maps region to KMS key for encrypted
+    copies (KMS keys are regional): when given, every copy's region must have one; when
+    empty, copies get each region's default EBS key.
     """
     wait = wait or Wait()
     kms_key_ids = kms_key_ids or {}
+    regions = list(dict.fromkeys(regions))
+    if encrypted:
+        check_keys([r for r in regions if r not in built.amis], kms_key_ids, built.source_region)
     source = wait_available(aws, built.source_region, built.source_ami, wait)
     pending: dict[str, str] = {}
-    for region in dict.fromkeys(regions):
+    for region in regions:
         if region in built.amis:
             pending[region] = built.amis[region]
         else:
@@ -386,6 +448,7 @@ def copy_to_regions(
                 built.source_region,
                 source,
                 region,
+                tags=tags,
                 encrypted=encrypted,
                 kms_key_id=kms_key_ids.get(region, ""),
             )
@@ -394,15 +457,13 @@ def copy_to_regions(
         if region not in images:
             images[region] = wait_available(aws, region, ami_id, wait)
     for region, image in images.items():
-        extra = (
-            {}
-            if region == built.source_region
-            else {
-                TAG_SOURCE_AMI: built.source_ami,
-                TAG_SOURCE_REGION: built.source_region,
-            }
+        copied = region != built.source_region
+        tag_image(
+            aws,
+            region,
+            image,
+            copy_tags(tags, built.source_region, built.source_ami) if copied else tags,
         )
-        tag_image(aws, region, image, {**tags, **extra})
     return images
 
 

@@ -65,7 +65,7 @@ def packer_vars(
         "aws_source_ami": source_ami,
         "aws_instance_type": settings.instance_type,
         "aws_encrypt_boot": settings.encrypt_boot,
-        "aws_kms_key_id": settings.kms_key_id,
+        "aws_kms_key_id": settings.kms_key_for(region),
         "aws_spot": settings.spot,
         "aws_ssh_username": settings.ssh_username,
         "aws_ssh_keypair_name": keypair_name,

@@ -3,6 +3,9 @@
 Consumers (launch templates, Terraform, CloudFormation) resolve
 `resolve:ssm:/goldsmith/web/latest` instead of hard-coding AMI ids. The parameter's data
 type is `aws:ec2:image`, so AWS itself checks the value is an AMI in that region.
+
+This module only reads and writes the parameter; when it may move (only forward, and in
+every region together) is `publish`'s rule, documented there.
 """
 
 from __future__ import annotations
@@ -52,3 +55,12 @@ def get_ami(aws: Aws, region: str, name: str) -> str | None:
             return None
         raise
     return str(resp["Parameter"]["Value"])
+
+
+def delete(aws: Aws, region: str, name: str) -> None:
+    """Remove the parameter `name` from `region` (gone already is fine)."""
+    try:
+        aws.ssm(region).delete_parameter(Name=name)
+    except AwsError as err:
+        if err.code != "ParameterNotFound":
+            raise

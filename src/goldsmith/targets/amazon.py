@@ -415,7 +415,6 @@ def publish_manifest(
     publish that failed half-way.
     """
     provenance, built = publish.from_build_manifest(path)
-    kms = {built.source_region: settings.kms_key_id} if settings.kms_key_id else {}
     result = publish.publish(
         aws,
         built,
@@ -424,7 +423,7 @@ def publish_manifest(
         share_with=list(settings.share_with),
         ssm_parameter=settings.ssm_parameter,
         encrypted=settings.encrypt_boot,
-        kms_key_ids=kms,
+        kms_key_ids=settings.kms_key_ids,
         wait=wait or amis.Wait(),
     )
     md, _ = report.write(result, path.parent)
