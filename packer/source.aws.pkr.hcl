@@ -44,6 +44,11 @@ source "amazon-ebs" "aws" {
   spot_instance_types  = var.aws_spot ? [var.aws_instance_type] : []
   subnet_id            = var.aws_subnet_id
   iam_instance_profile = var.aws_iam_instance_profile
+  # A builder whose Packer died (a cancelled CI job) and that is then shut down from
+  # inside terminates instead of lingering stopped. Packer's own stop (StopInstances)
+  # is not affected, and the seal never powers an EC2 builder off (only the twin's
+  # stand-in VM, which moto does not see), so the AMI is still made from a stopped one.
+  shutdown_behavior = "terminate"
 
   # The launch volume itself is encrypted, so the AMI's snapshot is born encrypted
   # (no extra copy at the end, as `encrypt_boot` would make).
@@ -59,6 +64,11 @@ source "amazon-ebs" "aws" {
     delete_on_termination = true
   }
 
+  # Every resource carries the build id from its creation (the reaper finds them by it):
+  # the instance and its volumes at launch; the AMI and its snapshots once CreateImage
+  # has finished (Packer 1.6.6 cannot tag them earlier; goldsmith.aws.reaper finds an
+  # interrupted CreateImage's AMI through the tagged instance). Packer 1.6.6 cannot tag
+  # its temporary security group: the reaper reaches it through the tagged instance too.
   ami_name        = local.aws_ami_name
   ami_description = "goldsmith ${var.aws_image} ${var.aws_git_sha} (build ${var.aws_build_id})"
   tags            = local.aws_tags

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -114,3 +116,45 @@ def test_project_buildspec_matches_the_catalogue_and_reports_junit() -> None:
         "./run sweep",
     ):
         assert needed in text
+
+
+# The Packer every test and DESIGN.md prove (Debian bookworm's).
+PROVEN_PACKER = "1.6.6"
+
+
+def test_ci_installs_the_proven_packer_from_its_checked_release_zip() -> None:
+    spec = buildspec.load(ROOT / "buildspec.yml")
+    variables = spec["env"]["variables"]
+    assert variables["PACKER_VERSION"] == PROVEN_PACKER
+    assert re.fullmatch(r"[0-9a-f]{64}", variables["PACKER_SHA256"])
+    install = "\n".join(spec["phases"]["install"]["commands"])
+    assert "https://releases.hashicorp.com/packer/$PACKER_VERSION/" in install
+    assert "packer_${PACKER_VERSION}_linux_amd64.zip" in install
+    assert '"$PACKER_SHA256  /tmp/$zip" | sha256sum --check --strict -' in install
+    assert "apt.releases.hashicorp.com" not in install
+    # Checked before it is unpacked: the checksum line comes first.
+    assert install.index("sha256sum --check") < install.index("unzip")
+
+
+@pytest.mark.parametrize(("says", "passes"), [("Packer v1.6.6", True), ("Packer v1.11.2", False)])
+def test_a_packer_other_than_the_pinned_one_stops_the_build(
+    tmp_path: Path, says: str, passes: bool
+) -> None:
+    """The install phase's version gate, run as CodeBuild would with a stand-in `packer`."""
+    spec = buildspec.load(ROOT / "buildspec.yml")
+    gate = [c for c in spec["phases"]["install"]["commands"] if "packer version" in c]
+    assert len(gate) == 1, "buildspec.yml: one install command checks `packer version`"
+    fake = tmp_path / "bin" / "packer"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho '{says}'\necho 'Your version of Packer is out of date!'\n")
+    fake.chmod(0o755)
+    mini = {
+        "version": 0.2,
+        "env": {"variables": {"PACKER_VERSION": spec["env"]["variables"]["PACKER_VERSION"]}},
+        "phases": {"install": {"commands": gate}, "build": {"commands": ["touch built"]}},
+    }
+    path = tmp_path / "buildspec.yml"
+    path.write_text(yaml.safe_dump(mini))
+    rc = buildspec.run(path, {"PATH": f"{fake.parent}:{os.environ['PATH']}"}, tmp_path)
+    assert (rc == 0) is passes
+    assert (tmp_path / "built").exists() is passes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -83,3 +84,16 @@ def test_packer_accepts_the_source_with_these_values(tmp_path: Path, spot: bool,
     cmd = ["packer", "validate", "-var-file=aws.pkrvars.hcl", "."]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_builder_terminates_on_shutdown_and_everything_carries_the_build_id() -> None:
+    """A builder Packer lost terminates if shut down; everything it makes is tagged at once.
+
+    (`packer validate` of this source, on-demand and spot, is the test above.)
+    """
+    source = (ROOT / "packer" / "source.aws.pkr.hcl").read_text()
+    settings = dict(re.findall(r"^\s*(\w+)\s*=\s*(.+?)\s*$", source, flags=re.MULTILINE))
+    assert settings["shutdown_behavior"] == '"terminate"'
+    for tagged in ("tags", "snapshot_tags", "run_tags", "run_volume_tags"):
+        assert settings[tagged] == "local.aws_tags", tagged
+    assert '"goldsmith:build-id"    = var.aws_build_id' in source

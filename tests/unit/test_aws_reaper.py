@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
 
 from goldsmith.aws import amis, keys, reaper
 from goldsmith.aws.clients import Aws
@@ -34,6 +37,25 @@ def packer_leftovers(aws: Aws, region: str, build_id: str, suffix: str) -> dict[
         ],
     )["Instances"][0]
     return {"instance": inst["InstanceId"], "key": key, "group": group["GroupId"]}
+
+
+def build_id_at(started: datetime) -> str:
+    """A build id as the pipeline makes them: image, UTC start time, pid."""
+    return f"web-{started:%Y%m%dT%H%M%SZ}-4242"
+
+
+def set_image_state(region: str, ami_id: str, value: str) -> None:
+    """Hold an AMI in `value` (moto makes images available at once; EC2 takes minutes)."""
+    ec2_backends[DEFAULT_ACCOUNT_ID][region].amis[ami_id].state = value
+
+
+def snapshot_ids(aws: Aws, region: str) -> set[str]:
+    snaps = aws.ec2(region).describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    return {s["SnapshotId"] for s in snaps}
+
+
+def image_ids(aws: Aws, region: str) -> set[str]:
+    return {i["ImageId"] for i in amis.describe_images(aws, region, owners=["self"])}
 
 
 def state(aws: Aws, region: str, instance_id: str) -> str:
@@ -121,22 +143,11 @@ def test_failed_builds_amis_and_snapshots_go_in_every_region(aws: Aws) -> None:
     assert set(amis.snapshots_of(amis.describe_image(aws, WEST, kept))) <= left
 
 
-def test_sweep_takes_unused_packer_leftovers_but_not_live_ones(aws: Aws) -> None:
-    live = packer_leftovers(aws, WEST, "running-build", "live")
-    ec2 = aws.ec2(WEST)
-    ec2.create_key_pair(KeyName="packer_orphan")
-    orphan = ec2.create_security_group(GroupName="packer_orphan", Description="Temporary group")
-    mine = ec2.create_security_group(GroupName="web-servers", Description="not Packer's")
-    reaper.reap(aws, [WEST], None, sweep=True)
-    assert "packer_orphan" not in key_names(aws, WEST)
-    assert orphan["GroupId"] not in group_ids(aws, WEST)
-    assert {live["group"], mine["GroupId"]} <= group_ids(aws, WEST)
-    assert "packer_live" in key_names(aws, WEST)
-
-
 def test_reaper_needs_a_build_id() -> None:
     with pytest.raises(GoldsmithError, match="needs a build id"):
         reaper.reap(Aws(endpoint_url="http://127.0.0.1:9"), [WEST], None)
+    with pytest.raises(GoldsmithError, match="AMIs of one failed build only"):
+        reaper.reap(Aws(endpoint_url="http://127.0.0.1:9"), [WEST], None, images=True, sweep=True)
 
 
 def test_build_key_is_imported_tagged_and_replaced(aws: Aws) -> None:
@@ -165,3 +176,92 @@ def test_a_copy_cut_short_is_found_by_its_build_tag(aws: Aws) -> None:
     assert done.images == [f"{CENTRAL}:{copy}"]
     assert done.snapshots == [f"{CENTRAL}:{s}" for s in sorted(snaps)]
     assert list(amis.describe_images(aws, CENTRAL, owners=["self"])) == []
+
+
+def test_a_killed_builds_leftovers_in_two_regions_are_found_by_its_id(aws: Aws) -> None:
+    """Killed while CreateImage ran and a copy was under way: the untagged pending AMI and
+    its snapshot are traced to the tagged instance; the copy carries the tag already."""
+    build = "web-20261204T100000Z-1"
+    seeded = snapshot_ids(aws, WEST) | snapshot_ids(aws, CENTRAL)  # moto's own AMIs'
+    mine = packer_leftovers(aws, WEST, build, "aaa")
+    other = packer_leftovers(aws, WEST, "web-20261204T100500Z-2", "bbb")
+    keys.import_build_key(aws, WEST, build, PUBLIC_KEY)
+    ec2 = aws.ec2(WEST)
+    # CreateImage interrupted: Packer tags the AMI only once it is available.
+    pending = ec2.create_image(InstanceId=mine["instance"], Name="goldsmith-web-1")["ImageId"]
+    set_image_state(WEST, pending, "pending")
+    kept = ec2.create_image(InstanceId=other["instance"], Name="goldsmith-web-2")["ImageId"]
+    # A snapshot of the builder's volume no AMI leads to.
+    inst = ec2.describe_instances(InstanceIds=[mine["instance"]])["Reservations"][0]["Instances"]
+    volume = inst[0]["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    stray = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    prov = amis.Provenance("web", "sha", "f" * 64, build)
+    copy = amis.start_copy(
+        aws,
+        WEST,
+        amis.describe_image(aws, WEST, pending),
+        CENTRAL,
+        tags=prov.tags(),
+        encrypted=True,
+    )
+    set_image_state(CENTRAL, copy, "pending")
+    made = (snapshot_ids(aws, WEST) | snapshot_ids(aws, CENTRAL)) - seeded
+    kept_snaps = set(amis.snapshots_of(amis.describe_image(aws, WEST, kept)))
+
+    done = reaper.reap(aws, [WEST, CENTRAL], build, images=True)
+
+    assert state(aws, WEST, mine["instance"]) == "terminated"
+    assert state(aws, WEST, other["instance"]) == "running"
+    assert sorted(done.images) == sorted([f"{WEST}:{pending}", f"{CENTRAL}:{copy}"])
+    assert image_ids(aws, WEST) == {kept} and image_ids(aws, CENTRAL) == set()
+    assert stray in {s.split(":")[1] for s in done.snapshots}
+    assert (snapshot_ids(aws, WEST) | snapshot_ids(aws, CENTRAL)) - seeded == kept_snaps
+    assert made - kept_snaps == {s.split(":")[1] for s in done.snapshots}
+    assert {"packer_bbb"} <= key_names(aws, WEST)
+    assert not {"packer_aaa", keys.key_pair_name(build)} & key_names(aws, WEST)
+    assert mine["group"] not in group_ids(aws, WEST) and other["group"] in group_ids(aws, WEST)
+    assert done.security_groups == [f"{WEST}:{mine['group']}"]
+
+
+def test_a_builder_that_terminated_itself_still_leads_to_its_group_and_key(aws: Aws) -> None:
+    """shutdown_behavior terminate: the instance is gone, EC2 still lists what it used."""
+    mine = packer_leftovers(aws, WEST, "b-gone", "gone")
+    aws.ec2(WEST).terminate_instances(InstanceIds=[mine["instance"]])
+    done = reaper.reap(aws, [WEST], "b-gone")
+    assert done.instances == []
+    assert done.key_pairs == [f"{WEST}:packer_gone"]
+    assert done.security_groups == [f"{WEST}:{mine['group']}"]
+
+
+def test_sweep_takes_dead_builds_tagged_leftovers_and_nothing_untagged(aws: Aws) -> None:
+    now = datetime.now(UTC)
+    dead = packer_leftovers(aws, WEST, build_id_at(now - timedelta(days=2)), "dead")
+    running = packer_leftovers(aws, WEST, build_id_at(now - timedelta(minutes=5)), "live")
+    keys.import_build_key(aws, WEST, build_id_at(now - timedelta(days=2)), PUBLIC_KEY)
+    ec2 = aws.ec2(WEST)
+    # Packer leftovers of someone else's bake (no goldsmith tag): not goldsmith's to take.
+    ec2.create_key_pair(KeyName="packer_orphan")
+    orphan = ec2.create_security_group(GroupName="packer_orphan", Description="Temporary group")
+    theirs = ec2.create_security_group(GroupName="web-servers", Description="not Packer's")
+
+    done = reaper.reap(aws, [WEST], None, sweep=True)
+
+    assert state(aws, WEST, dead["instance"]) == "terminated"
+    assert state(aws, WEST, running["instance"]) == "running"
+    assert dead["group"] not in group_ids(aws, WEST)
+    assert not {"packer_dead", keys.key_pair_name(build_id_at(now - timedelta(days=2)))} & (
+        key_names(aws, WEST)
+    )
+    assert {"packer_orphan", "packer_live"} <= key_names(aws, WEST)
+    assert {orphan["GroupId"], theirs["GroupId"], running["group"]} <= group_ids(aws, WEST)
+    assert done.instances == [f"{WEST}:{dead['instance']}"]
+    assert done.images == [] and done.snapshots == []
+
+
+def test_sweep_dry_run_lists_and_deletes_nothing(aws: Aws) -> None:
+    dead = packer_leftovers(aws, WEST, "web-20200101T000000Z-7", "old")
+    done = reaper.reap(aws, [WEST], None, sweep=True, dry_run=True)
+    assert done.instances == [f"{WEST}:{dead['instance']}"]
+    assert done.key_pairs == [f"{WEST}:packer_old"]
+    assert state(aws, WEST, dead["instance"]) == "running"
+    assert "packer_old" in key_names(aws, WEST) and dead["group"] in group_ids(aws, WEST)

@@ -15,7 +15,8 @@ Both bake through Packer's amazon-ebs source; what they add to the pipeline's or
    Packer (so no AMI) when anything is left; on the twin, the stand-in powers itself off
    and its disk is checked offline with the hygiene spec as well.
 6. `cleanup`: the reaper removes the key pair, a leaked instance, Packer's temporary
-   group, and a failed build's AMIs and snapshots; the stand-in VM is stopped.
+   group (reached through the tagged instance), and a failed build's AMIs and snapshots
+   (one CreateImage left pending and untagged too); the stand-in VM is stopped.
 7. `after_commit`: publish (copies, sharing, SSM) from the recorded manifest, unless the
    `publish` setting is off (CI publishes in post_build with `./run aws.publish`).
 """

@@ -105,7 +105,8 @@ def publish(c, image=None, target="aws", manifest=None):
         "build_id": "the build whose leftovers go (tag goldsmith:build-id)",
         "target": "aws (the default) or twin",
         "failed": "also deregister the build's AMIs and delete their snapshots",
-        "sweep": "also delete every unused packer_* key pair and security group",
+        "sweep": "also delete what dead builds left (older than 8 h): only what goldsmith "
+        "tagged and the Packer groups and key pairs of tagged instances",
         "dry_run": "only say what would be deleted",
     }
 )
