@@ -246,10 +246,23 @@ def test_failed_ami_reports_aws_reason(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- encryption and tags at creation (moto answers as the twin's: see twin_moto) -------
 
-KEYS = {
-    CENTRAL: "arn:aws:kms:eu-central-1:123456789012:key/mrk-0123456789abcdef0123456789abcdef",
-    NORTH: "alias/goldsmith-ami",
-}
+
+@pytest.fixture
+def keys(aws: Aws) -> dict[str, tuple[str, str]]:
+    """Each copy region's key as images.yml may name it, and the ARN AWS records on the
+    copy's snapshots: a multi-region key's ARN in CENTRAL, an alias in NORTH."""
+    central = aws.client("kms", CENTRAL).create_key(MultiRegion=True)["KeyMetadata"]
+    north_kms = aws.client("kms", NORTH)
+    north = north_kms.create_key()["KeyMetadata"]
+    north_kms.create_alias(AliasName="alias/goldsmith-ami", TargetKeyId=north["KeyId"])
+    return {
+        CENTRAL: (central["Arn"], central["Arn"]),
+        NORTH: ("alias/goldsmith-ami", north["Arn"]),
+    }
+
+
+def named(keys: dict[str, tuple[str, str]]) -> dict[str, str]:
+    return {region: name for region, (name, _) in keys.items()}
 
 
 def encryption_of(aws: Aws, region: str, ami_id: str) -> list[tuple[bool, str]]:
@@ -262,19 +275,39 @@ def encryption_of(aws: Aws, region: str, ami_id: str) -> list[tuple[bool, str]]:
     return found
 
 
-def test_every_copy_is_encrypted_with_its_regions_key(aws: Aws) -> None:
+def test_every_copy_is_encrypted_with_its_regions_key(aws: Aws, keys) -> None:
     ami = bake(aws)
     built = amis.Built(amis={WEST: ami}, run_uuid="r", build_name="aws")
     images = amis.copy_to_regions(
-        aws, built, [WEST, CENTRAL, NORTH], PROV.tags(), kms_key_ids=KEYS, wait=amis.Wait(60, 1)
+        aws,
+        built,
+        [WEST, CENTRAL, NORTH],
+        PROV.tags(),
+        kms_key_ids=named(keys),
+        wait=amis.Wait(60, 1),
     )
     for region in (CENTRAL, NORTH):
         found = encryption_of(aws, region, images[region]["ImageId"])
-        assert found and found == [(True, KEYS[region])] * len(found), region
+        assert found and found == [(True, keys[region][1])] * len(found), region
+
+
+def test_a_key_that_is_not_in_the_copys_region_is_refused(aws: Aws, keys) -> None:
+    """KMS keys are regional: the alias made in NORTH names nothing in CENTRAL."""
+    ami = bake(aws)
+    built = amis.Built(amis={WEST: ami}, run_uuid="r", build_name="aws")
+    with pytest.raises(GoldsmithError, match="alias/goldsmith-ami does not exist in eu-central-1"):
+        amis.copy_to_regions(
+            aws,
+            built,
+            [CENTRAL],
+            PROV.tags(),
+            kms_key_ids={CENTRAL: "alias/goldsmith-ami"},
+            wait=amis.Wait(60, 1),
+        )
 
 
 def test_copy_image_asks_for_encryption_and_the_key(
-    aws: Aws, monkeypatch: pytest.MonkeyPatch
+    aws: Aws, keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What goes to AWS, whatever moto makes of it: Encrypted and the region's key."""
     ami = bake(aws)
@@ -290,11 +323,11 @@ def test_copy_image_asks_for_encryption_and_the_key(
         monkeypatch.setattr(client.raw, "copy_image", spy)
     built = amis.Built(amis={WEST: ami}, run_uuid="r", build_name="aws")
     amis.copy_to_regions(
-        aws, built, [CENTRAL, NORTH], PROV.tags(), kms_key_ids=KEYS, wait=amis.Wait(60, 1)
+        aws, built, [CENTRAL, NORTH], PROV.tags(), kms_key_ids=named(keys), wait=amis.Wait(60, 1)
     )
     for region in (CENTRAL, NORTH):
         assert calls[region]["Encrypted"] is True
-        assert calls[region]["KmsKeyId"] == KEYS[region]
+        assert calls[region]["KmsKeyId"] == keys[region][0]
 
 
 def test_without_keys_copies_get_the_regions_default_key(aws: Aws) -> None:
@@ -303,7 +336,7 @@ def test_without_keys_copies_get_the_regions_default_key(aws: Aws) -> None:
     images = amis.copy_to_regions(aws, built, [CENTRAL], PROV.tags(), wait=amis.Wait(60, 1))
     found = encryption_of(aws, CENTRAL, images[CENTRAL]["ImageId"])
     assert found and all(encrypted and key for encrypted, key in found)
-    assert all(key not in KEYS.values() for _, key in found)
+    assert all(key.startswith("arn:aws:kms:eu-central-1:") for _, key in found)
 
 
 def test_a_region_without_a_key_fails_before_any_copy(aws: Aws) -> None:
@@ -317,12 +350,12 @@ def test_a_region_without_a_key_fails_before_any_copy(aws: Aws) -> None:
         assert list(amis.describe_images(aws, region, owners=["self"])) == []
 
 
-def test_a_copy_is_tagged_the_moment_it_exists(aws: Aws) -> None:
+def test_a_copy_is_tagged_the_moment_it_exists(aws: Aws, keys) -> None:
     """Before any wait: a publish killed here leaves a copy the reaper and a rerun find."""
     ami = bake(aws)
     source = amis.describe_image(aws, WEST, ami)
     copy = amis.start_copy(
-        aws, WEST, source, CENTRAL, tags=PROV.tags(), encrypted=True, kms_key_id=KEYS[CENTRAL]
+        aws, WEST, source, CENTRAL, tags=PROV.tags(), encrypted=True, kms_key_id=keys[CENTRAL][0]
     )
     image = amis.describe_image(aws, CENTRAL, copy)
     tags = amis.tags_of(image)

@@ -76,3 +76,24 @@ def test_reset_forgets_state_but_keeps_the_seed(
     twin.reset(root)
     assert aws.ec2("eu-west-1").describe_key_pairs()["KeyPairs"] == []
     assert amis.find_source_ami(aws, "eu-west-1", ["136693071363"], "debian-12-amd64-*")
+
+
+def test_the_images_key_aliases_are_made_once_per_region_on_the_twin(root: Path) -> None:
+    """The twin is an empty account: the aliases images.yml names are made there (on AWS
+    the account holds them); a key named by id, or AWS's own aws/ebs, is not made."""
+    twin.up(root)
+    keys = {
+        "eu-west-1": "alias/goldsmith-ami",
+        "eu-central-1": "arn:aws:kms:eu-central-1:123456789012:alias/goldsmith-ami",
+        "us-east-1": "alias/aws/ebs",
+        "eu-north-1": "1234abcd-12ab-34cd-56ef-1234567890ab",
+    }
+    made = twin.ensure_keys(root, keys)
+    assert made == ["eu-central-1:alias/goldsmith-ami", "eu-west-1:alias/goldsmith-ami"]
+    assert twin.ensure_keys(root, keys) == []  # there already
+    aws = twin.aws(root)
+    for region in ("eu-west-1", "eu-central-1"):
+        key = aws.client("kms", region).describe_key(KeyId="alias/goldsmith-ami")["KeyMetadata"]
+        assert key["Arn"].startswith(f"arn:aws:kms:{region}:")
+    names = [a["AliasName"] for a in aws.client("kms", "eu-north-1").list_aliases()["Aliases"]]
+    assert "alias/goldsmith-ami" not in names

@@ -25,6 +25,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -198,6 +199,32 @@ def aws(root: Path) -> Aws:
         access_key=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         secret_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
+
+
+def ensure_keys(root: Path, keys: Mapping[str, str]) -> list[str]:
+    """Make the KMS keys an image names by alias ({region: alias/NAME or alias ARN}) exist
+    on the twin, each a new symmetric key behind that alias in its region: on AWS the
+    account holds them (the CI stack makes them); the twin is an empty account. A key
+    named by id or key ARN cannot be made with that id, so it is left to the test that
+    names it. Returns "REGION:ALIAS" for each key made here."""
+    made = []
+    for region, key in sorted(keys.items()):
+        alias = key if key.startswith("alias/") else ""
+        if key.startswith("arn:") and ":alias/" in key:
+            alias = "alias/" + key.split(":alias/", 1)[1]
+        if not alias or alias.startswith("alias/aws/"):
+            continue
+        kms = aws(root).client("kms", region)
+        if any(a["AliasName"] == alias for a in kms.list_aliases().get("Aliases", [])):
+            continue
+        key_id = kms.create_key(Description=f"goldsmith twin: {alias} in {region}")["KeyMetadata"][
+            "KeyId"
+        ]
+        kms.create_alias(AliasName=alias, TargetKeyId=key_id)
+        made.append(f"{region}:{alias}")
+    if made:
+        log("twin", "KMS keys made for the images' aliases: " + ", ".join(made))
+    return made
 
 
 def reset(root: Path) -> None:

@@ -11,6 +11,8 @@ The twin stands in for AWS, so an answer goldsmith relies on must be AWS's answe
   neither the twin nor the unit tests could show that every copy is encrypted with its
   region's key and tagged the moment it exists.
 - An AMI's block device mappings say whether its snapshot is encrypted.
+- A copy's snapshot records its key's ARN, whatever name CopyImage was given (an alias,
+  say), and a key that does not exist in the copy's region is refused.
 
 `install()` applies these to moto in this process: the twin's server (`twin_server`)
 calls it before serving, and the unit tests' in-process moto calls it too, so both
@@ -22,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from moto.ec2.exceptions import InvalidParameterDependency
+from moto.ec2.exceptions import EC2ClientError, InvalidParameterDependency
 from moto.ec2.models import amis
 from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.utils import convert_tag_spec
@@ -53,6 +55,8 @@ def _copy_image(self: AmisResponse) -> Any:
     if kms_key_id and not encrypted:
         raise InvalidParameterDependency("KmsKeyId", "Encrypted")
     tags = convert_tag_spec(self._get_param("TagSpecifications", []))
+    if kms_key_id:
+        kms_key_id = key_arn(self.ec2_backend, kms_key_id)
     result = _moto_copy_image(self)
     backend = self.ec2_backend
     image = backend.amis[result.result["ImageId"]]
@@ -69,6 +73,22 @@ def _copy_image(self: AmisResponse) -> Any:
     image.add_tags(tags.get("image", {}))
     snapshot.add_tags(tags.get("snapshot", {}))
     return result
+
+
+def key_arn(backend: Any, key: str) -> str:
+    """The ARN of the KMS key `key` (id, ARN, alias or alias ARN) in `backend`'s region, as
+    AWS records it on an encrypted snapshot; a key that does not exist there is refused,
+    as AWS refuses it (KMS keys are regional: an alias made in one region only is
+    missing in the others)."""
+    from moto.kms.models import kms_backends
+
+    kms = kms_backends[backend.account_id][backend.region_name]
+    try:
+        return kms.describe_key(key).arn
+    except (KeyError, TypeError, AttributeError):  # moto: unknown id, or an alias of none
+        raise EC2ClientError(
+            "InvalidParameterValue", f"KmsKeyId {key} does not exist in {backend.region_name}"
+        ) from None
 
 
 def backend_of(backend: Any, region: str) -> Any:

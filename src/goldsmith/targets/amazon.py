@@ -98,6 +98,8 @@ class Amazon:
         started = twin.running(plan.root) is None
         twin.up(plan.root)
         try:
+            for layer in plan.layers:
+                twin.ensure_keys(plan.root, settings_of(layer).kms_key_ids)
             yield
         finally:
             if started:
