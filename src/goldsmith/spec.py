@@ -25,6 +25,7 @@ import yaml
 from . import tools
 from .errors import GoldsmithError
 from .roles import RoleMap, playbook_vars
+from .yamlfile import AnsibleLoader
 
 HYGIENE = "hygiene"
 
@@ -319,7 +320,9 @@ def layer_specs(layers: list[Layer]) -> list[tuple[Layer, list[Path]]]:
     out: list[tuple[Layer, list[Path]]] = []
     for layer in layers:
         if layer.playbook not in plays:
-            plays[layer.playbook] = yaml.safe_load(layer.playbook.read_text()) or []
+            # Ansible's own tags (`!vault`, `!unsafe`) read as values, as goldsmith.roles does.
+            text = layer.playbook.read_text()
+            plays[layer.playbook] = yaml.load(text, Loader=AnsibleLoader) or []
         specs = []
         for d in layer.specs:
             values = playbook_vars(plays[layer.playbook], d.name)

@@ -97,3 +97,28 @@ def test_a_role_a_later_layer_applies_with_other_values_is_proven_again(
         ("child", [shared]),
         ("alike", []),
     ]
+
+
+def test_a_playbook_with_ansibles_own_tags_is_read(tmp_path: Path) -> None:
+    """A vaulted or `!unsafe` value in a playbook (plain YAML cannot read either) does not
+    stop the spec step; the value counts as it is written."""
+    root = _project(tmp_path)
+    shared = root / "tests/spec/shared_role"
+    book = root / "playbooks" / "vaulted.yml"
+    book.write_text(
+        "- hosts: all\n"
+        "  roles:\n"
+        "    - role: shared_role\n"
+        "      vars:\n"
+        "        secret: !vault |\n"
+        "          $ANSIBLE_VAULT;1.1;AES256\n"
+        "          3132\n"
+        "        motd: !unsafe '{{ not templated }}'\n"
+    )
+    parent = spec.Layer("parent", _playbook(root, "parent", ["shared_role"]), [shared])
+    child = spec.Layer("child", book, [shared])
+    plan = spec.layer_specs([parent, child])
+    assert [(layer.image, specs) for layer, specs in plan] == [
+        ("parent", [shared]),
+        ("child", [shared]),
+    ]
