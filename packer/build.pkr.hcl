@@ -4,6 +4,14 @@ build {
   name    = "goldsmith"
   sources = ["source.qemu.local", "source.amazon-ebs.aws"]
 
+  # On a cloud target nothing runs on the builder before IMDSv2 is required and applied
+  # there: Packer 1.6.6 has no `metadata_options` (see goldsmith.aws.imds).
+  provisioner "shell-local" {
+    only             = ["amazon-ebs.aws"]
+    environment_vars = ["GOLDSMITH_INSTANCE_ID=${build.ID}"]
+    inline           = [var.aws_imds_gate_command]
+  }
+
   provisioner "ansible" {
     playbook_file    = var.playbook
     command          = var.ansible_playbook

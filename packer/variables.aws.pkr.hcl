@@ -141,6 +141,12 @@ variable "aws_seal_environment" {
   description = "Environment of the seal script on the builder. The twin sets GOLDSMITH_SEAL_POWEROFF=1: its stand-in VM powers itself off cleanly, as EC2's stop does, so its disk can be checked."
 }
 
+variable "aws_imds_gate_command" {
+  type        = string
+  default     = "echo 'aws_imds_gate_command is not set: IMDSv2 cannot be required on the builder' >&2; exit 1"
+  description = "Packer's first step on the builder, run here: requires IMDSv2 on the instance named by $GOLDSMITH_INSTANCE_ID and waits until it is applied (goldsmith.aws.imds gate). Nothing runs on the builder before it passes."
+}
+
 variable "aws_wait_delay_seconds" {
   type        = number
   default     = 15

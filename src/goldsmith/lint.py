@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,6 +105,20 @@ def packer_validate(root: Path) -> bool:
     return True
 
 
+def cfn_lint(root: Path) -> bool:
+    """cfn-lint on the CI stack as it is deployed: aws/ci-stack.yml with aws/policy.json
+    inserted (goldsmith.aws.stack), written to a temporary file; a warning fails too."""
+    from .aws import stack
+
+    if not (root / stack.TEMPLATE).is_file():
+        tools.log("cfn-lint", f"no {stack.TEMPLATE}; nothing to check")
+        return True
+    with tempfile.TemporaryDirectory(prefix="cfn-lint-") as tmp:
+        rendered = stack.write_rendered(root, Path(tmp) / "ci-stack.rendered.json")
+        tools.log("cfn-lint", f"{stack.TEMPLATE} rendered with {stack.POLICY}")
+        return _run([venv_bin("cfn-lint"), "--", rendered], "cfn-lint", root)
+
+
 def syntax_check(root: Path) -> bool:
     """`ansible-playbook --syntax-check` of every playbook, with the project's roles and
     its pinned collections, as a build runs it."""
@@ -133,6 +148,7 @@ CHECKS: dict[str, Callable[[Path], bool]] = {
     "ruff-format": ruff_format,
     "packer-fmt": packer_fmt,
     "packer-validate": packer_validate,
+    "cfn-lint": cfn_lint,
     "syntax-check": syntax_check,
 }
 

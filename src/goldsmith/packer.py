@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -127,11 +128,13 @@ def build(
     env: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
     stop_grace: float = 30.0,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> None:
     """`packer build` of one source; raises ToolError when Packer fails.
 
     Packer lives no longer than goldsmith (it is sent SIGTERM if goldsmith dies) and is
-    given `stop_grace` seconds to clean up when stopped.
+    given `stop_grace` seconds to clean up when stopped. `on_start` is given the Packer
+    process as soon as it runs (a target may have to stop it from another thread).
     """
     argv = [
         "packer",
@@ -155,4 +158,5 @@ def build(
         on_line=on_line,
         stop_grace=stop_grace,
         die_with_us=True,
+        on_start=on_start,
     )

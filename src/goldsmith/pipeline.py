@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -278,6 +279,8 @@ def shared_vars(bake: Bake) -> dict[str, Any]:
 
 
 SEAL_LEFT = "goldsmith-seal: LEFT:"  # how seal.sh's self-check names a leftover
+# How AWS (and the twin) words a denied call in the error Packer prints.
+AWS_DENIED = re.compile(r"is not authorized to perform: ([a-z0-9-]+:[A-Za-z0-9]+)")
 
 
 def run_packer(bake: Bake, target: Target, template: Path, var_file: Path) -> dict[str, float]:
@@ -289,11 +292,15 @@ def run_packer(bake: Bake, target: Target, template: Path, var_file: Path) -> di
     """
     phases = packer.Timings()
     left: list[str] = []
+    denied: list[str] = []
 
     def line(text: str) -> None:
         phases.line(text)
         if SEAL_LEFT in text:
             left.append(text.split(SEAL_LEFT, 1)[1].strip())
+        found = AWS_DENIED.search(text)
+        if found and found.group(1) not in denied:
+            denied.append(found.group(1))
 
     try:
         packer.build(
@@ -304,6 +311,7 @@ def run_packer(bake: Bake, target: Target, template: Path, var_file: Path) -> di
             env=target.packer_env(bake),
             on_line=line,
             stop_grace=bake.plan.settings.packer_stop_seconds(target.name),
+            on_start=bake.state.get("on_packer_start"),
         )
     except ToolError:
         live = spec.parse_junit(bake.live_junit)
@@ -314,6 +322,12 @@ def run_packer(bake: Bake, target: Target, template: Path, var_file: Path) -> di
             ) from None
         if left:
             raise _seal_left(bake, target, left) from None
+        if denied:
+            raise GoldsmithError(
+                f"{bake.plan.image.name}: AWS denied Packer {', '.join(denied)}, {target.what}: "
+                "the role or user running goldsmith needs that IAM permission (CI's role has "
+                "the policy in aws/policy.json)"
+            ) from None
         raise
     if left:
         # A local build seals in Packer's shutdown command, whose exit status Packer

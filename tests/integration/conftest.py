@@ -78,10 +78,11 @@ def vm_processes(*names: str) -> list[str]:
 
 
 def copy_project(dest: Path) -> Path:
-    """A copy of the project's catalogue, roles, playbooks, specs and Packer templates at
+    """A copy of the project's catalogue, roles, playbooks, specs, Packer templates and
+    AWS policy at
     `dest`, sharing the real project's .cache (the base disk is built once for the suite).
     The .cache folder is made first: the other lane may not have made it yet."""
-    for name in ("images.yml", "roles", "playbooks", "packer", "tests/spec"):
+    for name in ("images.yml", "roles", "playbooks", "packer", "tests/spec", "aws"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name)

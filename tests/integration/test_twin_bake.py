@@ -41,7 +41,7 @@ def twin_aws() -> Iterator[Aws]:
     """
     started = twin.running(ROOT) is None
     twin.up(ROOT)
-    yield twin.aws(ROOT)
+    yield twin.admin_aws(ROOT)  # to look, as the account; builds run as the policy
     if started:
         twin.down(ROOT)
 
@@ -238,8 +238,10 @@ def test_buildspec_bakes_a_layered_pair_on_the_twin_and_publishes_it(
         build_id, image = manifest["build_id"], manifest["image"]
         assert not manifest.get("reused") and manifest["specs"]["hygiene"]["passed"] > 0
         assert sorted(manifest["amis"]) == sorted(settings.regions)
-        # Packer 1.6.6 cannot ask for IMDSv2; the guard required it on the (now gone) builder.
+        # Packer 1.6.6 cannot ask for IMDSv2; the guard required it on the (now gone)
+        # builder, and Packer's first step, the gate, found it applied there.
         (builder,) = manifest["imdsv2"]["instances"]
+        assert manifest["imdsv2"]["gated"] == [builder]
         found = aws_cli(
             settings.regions[0], "ec2", "describe-instances", "--instance-ids", builder
         )["Reservations"][0]["Instances"][0]
@@ -265,6 +267,17 @@ def test_buildspec_bakes_a_layered_pair_on_the_twin_and_publishes_it(
             )["LaunchPermissions"]
             shared = ["111122223333"] if image == "kid" else []
             assert sorted(p["UserId"] for p in perms) == shared
+            # Encrypted with the region's own key (images.yml names it by alias): the AMI's
+            # mapping and its snapshot say so, the key by ARN.
+            key = aws_cli(region, "kms", "describe-key", "--key-id", settings.kms_key_for(region))
+            (mapping,) = described[0]["BlockDeviceMappings"]
+            assert mapping["Ebs"]["Encrypted"] is True
+            (snapshot,) = aws_cli(
+                region, "ec2", "describe-snapshots", "--snapshot-ids", mapping["Ebs"]["SnapshotId"]
+            )["Snapshots"]
+            assert snapshot["Encrypted"] is True
+            assert snapshot["KmsKeyId"] == key["KeyMetadata"]["Arn"]
+            assert key["KeyMetadata"]["Arn"].startswith(f"arn:aws:kms:{region}:")
             param = aws_cli(region, "ssm", "get-parameter", "--name", f"/goldsmith/{image}/latest")
             assert param["Parameter"]["Value"] == ami
             assert leftovers(twin_aws, region, build_id, image) == []
@@ -272,3 +285,38 @@ def test_buildspec_bakes_a_layered_pair_on_the_twin_and_publishes_it(
         assert vm_leftovers(scratch, build_id) == []
     # The parent baked first (its build id's time is earlier), though named second.
     assert mini["build_id"].split("-")[1] <= kid["build_id"].split("-")[1]
+
+
+def test_a_bake_runs_as_the_repository_policy_and_fails_naming_a_missing_action(
+    scratch: Path, twin_aws: Aws
+) -> None:
+    """The twin runs builds as the project's aws/policy.json (the CI role's policy). Without
+    ec2:RunInstances, Packer's launch of the builder is denied: the bake fails there,
+    naming the action, registers nothing and leaves nothing. (The same bake passes with
+    the whole policy: the other tests of this module.)"""
+    add_mini_image(
+        scratch,
+        "def test_marker_says_hello(host):\n"
+        "    assert host.file('/etc/mini').content_string == 'hello\\n'\n",
+        targets=("local", "twin"),
+    )
+    path = scratch / twin.POLICY_FILE
+    policy = json.loads(path.read_text())
+    for statement in policy["Statement"]:
+        actions = statement["Action"]
+        actions = [actions] if isinstance(actions, str) else actions
+        statement["Action"] = [a for a in actions if a != "ec2:RunInstances"]
+    policy["Statement"] = [s for s in policy["Statement"] if s["Action"]]
+    path.write_text(json.dumps(policy))
+    # --force: the policy is not an input of the image, and an earlier test of this module
+    # may have proven mini already (which would be reused, launching nothing).
+    proc = invoke(scratch, "build", "--target", "twin", "--image", "mini", "--force")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "AWS denied Packer ec2:RunInstances, no AMI registered" in out
+    assert "aws/policy.json" in out
+    build_id = build_id_of(out)
+    for region in MINI_REGIONS:
+        assert build_amis(twin_aws, region, build_id) == []
+        assert leftovers(twin_aws, region, build_id, "mini") == []
+    assert vm_leftovers(scratch, build_id) == []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from goldsmith.aws import amis, publish, reaper, ssm, twin
+from goldsmith.aws import amis, keys, publish, reaper, ssm, twin
 from goldsmith.aws.clients import Aws
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +33,9 @@ pytestmark = [
 def twin_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("twin-project")
     (root / "images.yml").write_text("bases: {}\nimages: {}\n")
+    # Packer and publish run as the repository's policy, as goldsmith's builds do.
+    (root / "aws").mkdir()
+    shutil.copy(ROOT / twin.POLICY_FILE, root / twin.POLICY_FILE)
     twin.up(root)
     yield root
     twin.down(root)
@@ -55,10 +58,21 @@ def template(tmp_path: Path, provisioner: str) -> Path:
 
 
 def packer_build(root: Path, d: Path, build_id: str) -> int:
+    """Packer as goldsmith runs it: as the twin's builder (the repository's policy), with
+    the build's own imported key pair (the policy has no ec2:CreateKeyPair)."""
     env = twin.env(root)
+    key = d / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    name = keys.import_build_key(
+        twin.aws(root), "eu-west-1", build_id, key.with_suffix(".pub").read_text()
+    )
     argv = [
         "packer",
         "build",
+        "-var",
+        f"aws_ssh_keypair_name={name}",
+        "-var",
+        f"aws_ssh_private_key_file={key}",
         "-var",
         f"aws_endpoint_ec2={env['AWS_ENDPOINT_URL']}",
         "-var",
@@ -71,7 +85,10 @@ def packer_build(root: Path, d: Path, build_id: str) -> int:
         "aws_git_sha=0123456",
         ".",
     ]
-    return subprocess.run(argv, cwd=d, env={**os.environ, **env}).returncode
+    try:
+        return subprocess.run(argv, cwd=d, env={**os.environ, **env}).returncode
+    finally:
+        keys.delete_build_key(twin.aws(root), "eu-west-1", build_id)
 
 
 def leftovers(aws: Aws, region: str, build_id: str) -> list[str]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from moto import mock_aws
@@ -179,3 +180,41 @@ def aws(monkeypatch: pytest.MonkeyPatch, _small_ami_catalogue: None) -> Iterator
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
         yield Aws()
+
+
+@pytest.fixture
+def as_policy(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, Any]], Aws]:
+    """An `Aws` signed as a new IAM user whose only policy is the given document, with
+    moto enforcing IAM (as the twin's server does); `aws` stays the account's root."""
+    from moto import settings
+
+    iam = aws.client("iam", "us-east-1")
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    made: list[int] = []
+
+    def principal(document: dict[str, Any]) -> Aws:
+        name = f"builder-{len(made)}"
+        made.append(1)
+        arn = iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(document))["Policy"]
+        iam.create_user(UserName=name)
+        iam.attach_user_policy(UserName=name, PolicyArn=arn["Arn"])
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return Aws(access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"])
+
+    return principal
+
+
+@pytest.fixture
+def repo_policy() -> Callable[..., dict[str, Any]]:
+    """aws/policy.json as a document, less one action when `without=` names one."""
+    return _repository_policy
+
+
+def _repository_policy(without: str = "") -> dict[str, Any]:
+    document = json.loads((PROJECT_ROOT / "aws" / "policy.json").read_text())
+    for statement in document["Statement"]:
+        actions = statement["Action"]
+        actions = [actions] if isinstance(actions, str) else actions
+        statement["Action"] = [a for a in actions if a != without]
+    document["Statement"] = [s for s in document["Statement"] if s["Action"]]
+    return document

@@ -291,6 +291,27 @@ def test_every_copy_is_encrypted_with_its_regions_key(aws: Aws, keys) -> None:
         assert found and found == [(True, keys[region][1])] * len(found), region
 
 
+def test_the_source_amis_snapshot_is_its_builders_volume_encrypted_with_the_key_arn(
+    aws: Aws,
+) -> None:
+    """Packer launches the builder with an encrypted root volume, its key named by alias;
+    CreateImage's snapshot is that volume's: encrypted, the key recorded by ARN."""
+    kms = aws.client("kms", WEST)
+    key = kms.create_key()["KeyMetadata"]
+    kms.create_alias(AliasName="alias/goldsmith-ami", TargetKeyId=key["KeyId"])
+    ec2 = aws.ec2(WEST)
+    source = ec2.describe_images(Owners=["amazon"])["Images"][0]
+    ebs = {"VolumeSize": 8, "Encrypted": True, "KmsKeyId": "alias/goldsmith-ami"}
+    inst = ec2.run_instances(
+        ImageId=source["ImageId"],
+        MinCount=1,
+        MaxCount=1,
+        BlockDeviceMappings=[{"DeviceName": source["RootDeviceName"], "Ebs": ebs}],
+    )["Instances"][0]["InstanceId"]
+    ami = ec2.create_image(InstanceId=inst, Name="goldsmith-web-1")["ImageId"]
+    assert encryption_of(aws, WEST, ami) == [(True, key["Arn"])]
+
+
 def test_a_key_that_is_not_in_the_copys_region_is_refused(aws: Aws, keys) -> None:
     """KMS keys are regional: the alias made in NORTH names nothing in CENTRAL."""
     ami = bake(aws)

@@ -158,3 +158,54 @@ def test_a_packer_other_than_the_pinned_one_stops_the_build(
     rc = buildspec.run(path, {"PATH": f"{fake.parent}:{os.environ['PATH']}"}, tmp_path)
     assert (rc == 0) is passes
     assert (tmp_path / "built").exists() is passes
+
+
+@pytest.mark.parametrize(
+    ("mode", "bakes"), [("validate", False), ("release", True), ("relase", None)]
+)
+def test_a_validation_build_lints_tests_and_plans_but_never_bakes_or_publishes(
+    tmp_path: Path, mode: str, bakes: bool | None
+) -> None:
+    """The real phases (install's Packer steps left out) with stand-ins for `./run` and the
+    venv's python that record how they were called; the CI stack's pr project sets
+    GOLDSMITH_MODE=validate. A mode that is neither stops the build before anything runs."""
+    spec = buildspec.load(ROOT / "buildspec.yml")
+    calls = tmp_path / "calls.txt"
+    record = f'#!/bin/sh\necho "$0 $*" >> {calls}\n'
+    (tmp_path / "run").write_text(record)
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(record + 'case "$*" in *goldsmith.aws.ci\\ images*) echo base web;; esac\n')
+    for f in (tmp_path / "run", python):
+        f.chmod(0o755)
+    gate = [c for c in spec["phases"]["install"]["commands"] if "GOLDSMITH_MODE" in c]
+    assert len(gate) == 1, "buildspec.yml: the first install command checks GOLDSMITH_MODE"
+    assert spec["phases"]["install"]["commands"][0] == gate[0]
+    mini = {
+        "version": 0.2,
+        "env": spec["env"],
+        "phases": {"install": {"commands": gate}}
+        | {p: spec["phases"][p] for p in ("pre_build", "build", "post_build")},
+    }
+    path = tmp_path / "buildspec.yml"
+    path.write_text(yaml.safe_dump(mini))
+    rc = buildspec.run(path, {"GOLDSMITH_MODE": mode, "CODEBUILD_BUILD_SUCCEEDING": "1"}, tmp_path)
+    ran = calls.read_text().splitlines() if calls.exists() else []
+    if bakes is None:
+        assert rc != 0 and ran == []
+        return
+    assert rc == 0
+    run = [line.split(" ", 1)[1] for line in ran if line.startswith("./run ")]
+    assert run[0] == "lint"
+    assert any("pytest tests/unit" in line for line in ran)
+    assert "plan --image base --target aws" in run and "plan --image web --target aws" in run
+    built = [c for c in run if c.startswith("build ")]
+    published = [c for c in run if c.startswith("aws.publish ")]
+    if bakes:
+        assert built == ["build --target aws --image base", "build --target aws --image web"]
+        assert published == [
+            "aws.publish --image base --target aws",
+            "aws.publish --image web --target aws",
+        ]
+    else:
+        assert built == [] and published == []

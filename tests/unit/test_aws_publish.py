@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,3 +283,29 @@ def test_a_build_that_cannot_be_dated_never_replaces_a_dated_one(aws: Aws) -> No
     with pytest.raises(publish.PointerIsNewer, match=r"build hand-made \(built an unknown time\)"):
         publish_to_both(aws, baked(aws, undated), undated)
     assert pointers(aws) == before
+
+
+# --- as the CI role: the repository's policy, enforced ------------------------------------
+
+
+def test_publish_runs_with_the_repository_policy_alone(
+    aws: Aws, as_policy: Callable[[dict[str, Any]], Aws], repo_policy: Callable[..., dict]
+) -> None:
+    built = baked(aws, NEW)  # Packer's part (made as the root here)
+    ci = as_policy(repo_policy())
+    result = publish_to_both(ci, built, NEW)
+    assert pointers(aws) == {r: result.regions[r].ami_id for r in (WEST, CENTRAL)}
+
+
+@pytest.mark.parametrize("action", ["ec2:CopyImage", "ssm:PutParameter", "ssm:GetParameter"])
+def test_a_policy_without_an_action_publish_needs_fails_naming_it(
+    aws: Aws,
+    as_policy: Callable[[dict[str, Any]], Aws],
+    repo_policy: Callable[..., dict],
+    action: str,
+) -> None:
+    built = baked(aws, NEW)
+    ci = as_policy(repo_policy(without=action))
+    with pytest.raises(GoldsmithError, match=f"needs the IAM permission '{action}'"):
+        publish_to_both(ci, built, NEW)
+    assert pointers(aws) == {WEST: None, CENTRAL: None}

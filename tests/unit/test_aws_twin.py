@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +12,14 @@ from goldsmith.aws import amis, twin
 from goldsmith.aws.clients import Aws
 from goldsmith.errors import GoldsmithError
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / "images.yml").write_text("bases: {}\nimages: {}\n")
+    (tmp_path / "aws").mkdir()
+    shutil.copy(PROJECT_ROOT / twin.POLICY_FILE, tmp_path / twin.POLICY_FILE)
     yield tmp_path
     twin.down(tmp_path)
 
@@ -65,17 +70,38 @@ def test_stale_pid_file_is_ignored(root: Path) -> None:
     assert t.pid != 999999 and twin.running(root) == t
 
 
-def test_reset_forgets_state_but_keeps_the_seed(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_reset_forgets_state_but_keeps_the_seed(root: Path) -> None:
     twin.up(root)
-    for k, v in twin.env(root).items():
-        monkeypatch.setenv(k, v)
-    aws = Aws()
-    aws.ec2("eu-west-1").create_key_pair(KeyName="packer_x")
+    before = twin.builder(root)
+    twin.admin_aws(root).ec2("eu-west-1").create_key_pair(KeyName="packer_x")
     twin.reset(root)
+    # IAM is reset too: the builder is made again, with a new key, on first use.
+    aws = twin.aws(root)
+    assert twin.builder(root) != before
     assert aws.ec2("eu-west-1").describe_key_pairs()["KeyPairs"] == []
     assert amis.find_source_ami(aws, "eu-west-1", ["136693071363"], "debian-12-amd64-*")
+
+
+def test_builds_on_the_twin_run_as_the_repository_policy(root: Path) -> None:
+    """The builder may do what aws/policy.json allows and nothing else; the root may."""
+    twin.up(root)
+    builder, admin = twin.aws(root), twin.admin_aws(root)
+    assert builder.ec2("eu-west-1").describe_key_pairs()["KeyPairs"] == []
+    with pytest.raises(GoldsmithError, match="ec2:CreateKeyPair"):
+        builder.ec2("eu-west-1").create_key_pair(KeyName="packer_y")
+    with pytest.raises(GoldsmithError, match="iam:CreateUser"):
+        builder.client("iam", "us-east-1").create_user(UserName="intruder")
+    admin.ec2("eu-west-1").create_key_pair(KeyName="packer_y")
+    audit = (twin.state_dir(root) / "iam-audit.jsonl").read_text().splitlines()
+    assert '"action": "ec2:CreateKeyPair", "allowed": false' in "\n".join(audit)
+    assert '"action": "ec2:DescribeKeyPairs", "allowed": true' in "\n".join(audit)
+
+
+def test_a_project_without_a_policy_cannot_build_on_the_twin(root: Path) -> None:
+    twin.up(root)
+    (root / twin.POLICY_FILE).unlink()
+    with pytest.raises(GoldsmithError, match="aws/policy.json: missing"):
+        twin.aws(root)
 
 
 def test_the_images_key_aliases_are_made_once_per_region_on_the_twin(root: Path) -> None:
@@ -91,7 +117,7 @@ def test_the_images_key_aliases_are_made_once_per_region_on_the_twin(root: Path)
     made = twin.ensure_keys(root, keys)
     assert made == ["eu-central-1:alias/goldsmith-ami", "eu-west-1:alias/goldsmith-ami"]
     assert twin.ensure_keys(root, keys) == []  # there already
-    aws = twin.aws(root)
+    aws = twin.admin_aws(root)
     for region in ("eu-west-1", "eu-central-1"):
         key = aws.client("kms", region).describe_key(KeyId="alias/goldsmith-ami")["KeyMetadata"]
         assert key["Arn"].startswith(f"arn:aws:kms:{region}:")

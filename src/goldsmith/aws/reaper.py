@@ -310,9 +310,20 @@ def _reap_images(
     snapshots, and the build's snapshots no AMI leads to."""
     ec2 = aws.ec2(region)
     snapshots = _build_snapshots(aws, region, build_id, builders)
-    for ami_id, image in sorted(_build_images(aws, region, build_id, builders).items()):
-        done.images.append(f"{region}:{ami_id}")
+    images = _build_images(aws, region, build_id, builders)
+    for image in images.values():
         snapshots.update(amis.snapshots_of(image))
+    if not dry_run:
+        # The CI policy (aws/policy.json) deletes only what carries a build id: what an
+        # interrupted CreateImage left untagged is tagged with this build's first.
+        for ids in _chunks([*images, *snapshots]):
+            try:
+                ec2.create_tags(Resources=ids, Tags=amis.tag_list({amis.TAG_BUILD_ID: build_id}))
+            except AwsError as err:
+                if "NotFound" not in err.code and not err.code.startswith("InvalidAMIID"):
+                    raise  # (one gone meanwhile: its deletion below says so, or skips it)
+    for ami_id in sorted(images):
+        done.images.append(f"{region}:{ami_id}")
         if not dry_run:
             try:
                 ec2.deregister_image(ImageId=ami_id)

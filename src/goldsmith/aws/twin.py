@@ -5,6 +5,11 @@ $AWS_ENDPOINT_URL) all talk to it, so the whole AWS path runs here without an ac
 Its state lives in .cache/twin/ under the project root: the pid, the port, the log and
 the AMI catalogue it was started with. `up()` reuses a twin that is already running.
 
+IAM: the twin enforces it. Builds, publishes and reaps on the twin run as an IAM user
+whose only policy is the repository's aws/policy.json (`builder()`), so a permission
+that policy lacks fails the twin's build as it would fail CI's, naming the action; the
+twin's root (`admin_aws()`) sets the twin up. See `twin_moto` for what moto checks.
+
 Source AMIs: moto's bundled catalogue has no Debian image, and an AMI registered through
 the API is always owned by the caller's account, never by Debian's (136693071363). So
 the twin starts moto with $MOTO_AMIS_PATH pointing at a catalogue of moto's own public
@@ -15,7 +20,9 @@ as it finds Debian's images on AWS.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -35,6 +42,7 @@ from ..errors import GoldsmithError
 from ..paths import cache_dir, venv_bin
 from ..tools import log
 from .clients import Aws
+from .policy import POLICY, load_policy
 
 HOST = "127.0.0.1"
 # moto's server, with AMIs made from instances EBS-backed as on AWS (see the module).
@@ -74,6 +82,11 @@ FAKE_CREDENTIALS = {
     "AWS_SESSION_TOKEN": "testing",
 }
 START_TIMEOUT_S = 60.0
+# The policy a build runs with: the CI role's (the CI stack attaches the same document).
+POLICY_FILE = POLICY
+BUILDER_PREFIX = "goldsmith-build-"
+# The twin's server appends each call it checked against a policy here (twin_moto).
+AUDIT_ENV = "GOLDSMITH_TWIN_AUDIT"
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,13 @@ def up(root: Path) -> Twin:
     amis = d / "amis.json"
     amis.write_text(json.dumps(seeded_amis(), indent=1))
     port = _free_port()
-    env = {**os.environ, "MOTO_AMIS_PATH": str(amis.resolve())}
+    shutil.rmtree(d / "builders", ignore_errors=True)  # IAM users of an earlier twin
+    (d / "iam-audit.jsonl").unlink(missing_ok=True)  # and its calls
+    env = {
+        **os.environ,
+        "MOTO_AMIS_PATH": str(amis.resolve()),
+        AUDIT_ENV: str((d / "iam-audit.jsonl").resolve()),
+    }
     # Its own session: the twin outlives the command that started it (`./run twin.up`).
     with open(d / "moto.log", "ab") as out:
         proc = subprocess.Popen(
@@ -163,6 +182,7 @@ def down(root: Path) -> bool:
     was = running(root)
     _stop_stale(d)
     shutil.rmtree(d / "disks", ignore_errors=True)
+    shutil.rmtree(d / "builders", ignore_errors=True)
     if was:
         log("twin", f"stopped (pid {was.pid})")
     return was is not None
@@ -183,8 +203,10 @@ def env(root: Path, region: str = "eu-west-1") -> dict[str, str]:
     reach: boto3, the CLI and Packer take credentials, region and endpoint from the
     environment before any profile, so nothing pointed at the twin can touch a real account.
     """
+    creds = builder(root)
     return {
-        **FAKE_CREDENTIALS,
+        "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
         "AWS_DEFAULT_REGION": region,
         "AWS_REGION": region,
         "AWS_ENDPOINT_URL": endpoint(root),
@@ -193,7 +215,46 @@ def env(root: Path, region: str = "eu-west-1") -> dict[str, str]:
 
 
 def aws(root: Path) -> Aws:
-    """An `Aws` for the running twin, with its fake credentials, whatever the environment."""
+    """An `Aws` for the running twin as the builder (`builder()`), whatever the environment."""
+    url = endpoint(root)
+    creds = builder(root)
+    return Aws(
+        endpoint_url=url, access_key=creds["AccessKeyId"], secret_key=creds["SecretAccessKey"]
+    )
+
+
+def builder(root: Path) -> dict[str, str]:
+    """The access key of the twin's IAM user for `root`'s policy (aws/policy.json), made
+    on first use: a user per policy content, so projects with different policies can
+    share one twin. The key is kept in the twin's state until the twin stops or resets."""
+    document = load_policy(root)
+    policy = json.dumps(document, sort_keys=True)
+    name = BUILDER_PREFIX + hashlib.sha256(policy.encode()).hexdigest()[:12]
+    kept = state_dir(root) / "builders" / f"{name}.json"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    with open(kept.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one twin, several bakes at once
+        if kept.is_file():
+            return dict(json.loads(kept.read_text()))
+        iam = admin_aws(root).client("iam", "us-east-1")
+        if not any(u["UserName"] == name for u in iam.list_users()["Users"]):
+            # (A user kept from a run whose key was lost gets a new key, same policy.)
+            try:
+                arn = iam.create_policy(PolicyName=name, PolicyDocument=policy)["Policy"]["Arn"]
+            except GoldsmithError as err:
+                raise GoldsmithError(f"{POLICY_FILE}: IAM refuses the policy: {err}") from None
+            iam.create_user(UserName=name)
+            iam.attach_user_policy(UserName=name, PolicyArn=arn)
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        creds = {"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}
+        kept.write_text(json.dumps(creds))
+        log("twin", f"builds on the twin run as IAM user {name} ({POLICY_FILE})")
+        return creds
+
+
+def admin_aws(root: Path) -> Aws:
+    """An `Aws` for the twin as its account's root: for setting the twin up and for
+    deploying the CI stack, never for a build (builds run as `aws(root)`)."""
     return Aws(
         endpoint_url=endpoint(root),
         access_key=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
@@ -214,7 +275,7 @@ def ensure_keys(root: Path, keys: Mapping[str, str]) -> list[str]:
             alias = "alias/" + key.split(":alias/", 1)[1]
         if not alias or alias.startswith("alias/aws/"):
             continue
-        kms = aws(root).client("kms", region)
+        kms = admin_aws(root).client("kms", region)
         if any(a["AliasName"] == alias for a in kms.list_aliases().get("Aliases", [])):
             continue
         key_id = kms.create_key(Description=f"goldsmith twin: {alias} in {region}")["KeyMetadata"][
@@ -233,6 +294,7 @@ def reset(root: Path) -> None:
     with urllib.request.urlopen(req, timeout=10):
         pass
     shutil.rmtree(state_dir(root) / "disks", ignore_errors=True)
+    shutil.rmtree(state_dir(root) / "builders", ignore_errors=True)  # IAM is reset too
 
 
 def seeded_amis() -> list[dict[str, Any]]:

@@ -10,7 +10,9 @@ Both bake through Packer's amazon-ebs source; what they add to the pipeline's or
    before anything is created in AWS, so whoever finds the folder of a killed build can
    reap it (`./run sweep`); then the per-build key pair, and on the twin the stand-in VM,
    logging in as the aws settings' `ssh_username`, as on EC2.
-4. `during_packer`: the IMDSv2 guard (Packer 1.6.6 has no `metadata_options`).
+4. `during_packer`: the IMDSv2 guard, which stops Packer at once if IMDSv2 cannot be
+   required; Packer's first provisioner is the gate, which waits until it is applied
+   (Packer 1.6.6 has no `metadata_options`; see goldsmith.aws.imds).
 5. `prove_seal`: on AWS, the seal's own last step checks the sealed machine and fails
    Packer (so no AMI) when anything is left; on the twin, the stand-in powers itself off
    and its disk is checked offline with the hygiene spec as well.
@@ -24,6 +26,9 @@ Both bake through Packer's amazon-ebs source; what they add to the pipeline's or
 from __future__ import annotations
 
 import json
+import shlex
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,13 +39,15 @@ from .. import base_disk, disk, outputs, tools, vm
 from ..aws import amis, imds, keys, packer_vars, publish, reaper, report, twin
 from ..aws.clients import Aws
 from ..catalogue import AwsSettings
-from ..errors import GoldsmithError
+from ..errors import GoldsmithError, ToolError
+from ..paths import venv_bin
 from .contract import Bake, Plan, SealProof, Source, manifest
 from .local import prove_on_disk
 
 PACKER_BUILD_NAME = "aws"  # the source's name, as Packer's manifest records it
 # The stand-in VM powers itself off at the end of the seal; under TCG that takes seconds.
 POWEROFF_TIMEOUT_S = 180.0
+IMDS_GATE_RECORD = "imdsv2-gate.json"  # in the work folder: what the gate checked
 
 
 def settings_of(plan: Plan) -> AwsSettings:
@@ -283,6 +290,22 @@ class Amazon:
             ssh_source_cidrs=list(plan.settings.aws_ssh_cidrs) or None,
             source_ami=bake.source.details.get("source_ami", "") if plan.parent else "",
         )
+        values["aws_imds_gate_command"] = (
+            shlex.join(
+                [
+                    str(venv_bin("python")),
+                    "-m",
+                    "goldsmith.aws.imds",
+                    "gate",
+                    "--region",
+                    self.region(plan),
+                    "--record",
+                    str(bake.work.path / IMDS_GATE_RECORD),
+                    "--instance-id",
+                ]
+            )
+            + ' "$GOLDSMITH_INSTANCE_ID"'
+        )
         if self.on_twin:
             # The seal powers the stand-in off, as EC2's stop would, so its disk is clean
             # to inspect.
@@ -294,11 +317,32 @@ class Amazon:
 
     @contextmanager
     def during_packer(self, bake: Bake) -> Iterator[None]:
-        guard = imds.Imdsv2Guard(self.aws(bake.plan.root), self.region(bake.plan), bake.build_id)
-        with guard:
-            yield
-        guard.check()
-        bake.state["imdsv2"] = guard.as_dict()
+        packer_runs: list[subprocess.Popen] = []
+        bake.state["on_packer_start"] = packer_runs.append
+
+        def stop_packer() -> None:
+            # Packer's own interrupt: it terminates the builder and cleans up, then fails.
+            for proc in packer_runs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+
+        guard = imds.Imdsv2Guard(
+            self.aws(bake.plan.root),
+            self.region(bake.plan),
+            bake.build_id,
+            key_name=bake.state["keypair"],
+            stop_build=stop_packer,
+        )
+        try:
+            with guard:
+                yield
+        except ToolError:
+            if guard.error is not None:
+                raise guard.failure() from None
+            raise
+        gated = imds.gated(bake.work.path / IMDS_GATE_RECORD)
+        guard.check(gated)
+        bake.state["imdsv2"] = guard.as_dict(gated)
 
     def collect(self, bake: Bake) -> dict[str, Any]:
         packer_manifest = json.loads((bake.work.path / "packer-manifest.json").read_text())

@@ -4,6 +4,7 @@ core      setup, vendor, base, build, plan, sweep, lint, test, bench  (top level
 devloop   up, converge, verify, idempotence, login, down      (top level)
 hostspec  spec                                                (top level)
 aws       twin.up|down|env|reset, aws.publish|reap
+ci        ci.deploy
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..settings import Settings
 
 
 def namespace() -> Collection:
-    from . import aws, core, devloop, hostspec
+    from . import aws, ci, core, devloop, hostspec
 
     ns = Collection.from_module(core)
     # The dev loop's tasks and `spec` sit at the top level (`./run up`, `./run spec`, ...).
@@ -23,6 +24,7 @@ def namespace() -> Collection:
             ns.add_task(t)
     ns.add_collection(aws.twin_collection())
     ns.add_collection(aws.aws_collection())
+    ns.add_collection(ci.ci_collection())
     # Settings: defaults here, overridden in invoke.yaml or INVOKE_GOLDSMITH_<NAME>.
     ns.configure({"goldsmith": Settings.defaults()})
     return ns
