@@ -14,6 +14,12 @@ Keys with defaults (all others are required):
 `images.<name>.aws` is required when the image has the `aws` or `twin` target.
 Top-level keys starting with `x-` are ignored: a place for shared anchors.
 
+`vulnerabilities:` (top level: every image; or `images.<name>.vulnerabilities`, which
+replaces it for that image, `false` for none) is the CVE gate's policy, checked when
+the catalogue loads (goldsmith.cvegate.parse_policy): `tracker` (the security tracker
+JSON, relative to the project; the `cve_tracker` setting overrides it), `fail_on`,
+`release`, `fail_on_open`, `allow`. An image without a policy has no gate.
+
 `aws.kms_key_id` is one of (KMS keys are regional: every region an AMI is copied to
 needs a key of its own once any key is set, or the copy silently gets the default key):
   ""                          the default aws/ebs key in each region
@@ -45,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from . import roles, targets
+from . import cvegate, roles, targets
 from .errors import GoldsmithError
 
 KINDS = ("debootstrap", "cloud-image")
@@ -136,6 +142,15 @@ class AwsSettings:
 
 
 @dataclass(frozen=True)
+class Vulnerabilities:
+    """An image's CVE gate: its policy, and the tracker data images.yml names (if any)."""
+
+    policy: cvegate.Policy
+    tracker: Path | None  # absolute; None: the `cve_tracker` setting must name one
+    where: str  # the key that holds it ("images.web.vulnerabilities"), for messages
+
+
+@dataclass(frozen=True)
 class Image:
     """One image goldsmith can bake.
 
@@ -149,6 +164,8 @@ class Image:
     targets: tuple[str, ...]
     aws: AwsSettings | None
     parent: str | None = None
+    # The CVE gate (its own or the catalogue's shared one); None: no gate.
+    vulnerabilities: Vulnerabilities | None = None
 
 
 @dataclass(frozen=True)
@@ -406,11 +423,14 @@ def load(path: Path) -> Catalogue:
     top = v.mapping(
         _Node(doc, ""),
         required=("bases", "images"),
-        optional=extensions,
+        optional=("vulnerabilities", *extensions),
         what="a mapping of 'bases' and 'images'",
     )
     if top is None:
         raise CatalogueError(v.problems)
+    shared = (
+        _vulnerabilities(v, top["vulnerabilities"][1], root) if "vulnerabilities" in top else None
+    )
     bases: dict[str, Base] = {}
     if "bases" in top:
         for name, _line, n in _named(v, top["bases"][1], "bases"):
@@ -425,7 +445,9 @@ def load(path: Path) -> Catalogue:
         image_names = _declared(top, "images")
         parents: dict[str, _Node] = {}
         for name, _line, n in _named(v, top["images"][1], "images"):
-            image = _image(v, name, n, root, bases, base_names, image_names, resolved, parents)
+            image = _image(
+                v, name, n, root, bases, base_names, image_names, resolved, parents, shared
+            )
             if image is not None:
                 images[name] = image
         images = _layered(v, images, parents)
@@ -542,8 +564,13 @@ def _image(
     image_names: set[str],
     resolved: dict[Path, roles.RoleMap | None],
     parents: dict[str, _Node],
+    shared: Vulnerabilities | None = None,
 ) -> Image | None:
-    entries = v.mapping(n, required=("playbook", "targets"), optional=("base", "parent", "aws"))
+    entries = v.mapping(
+        n,
+        required=("playbook", "targets"),
+        optional=("base", "parent", "aws", "vulnerabilities"),
+    )
     if entries is None:
         return None
     before = len(v.problems)
@@ -597,12 +624,27 @@ def _image(
     elif targets and any(t in AWS_TARGETS for t in targets):
         wanted = ", ".join(t for t in targets if t in AWS_TARGETS)
         v.problem(n.key_line, n.path, f"missing required key 'aws' (the image has target {wanted})")
+    vulnerabilities = shared
+    if "vulnerabilities" in entries:
+        vn = entries["vulnerabilities"][1]
+        if isinstance(vn.node, yaml.ScalarNode) and v.value(vn) is False:
+            vulnerabilities = None  # this image opts out of the shared policy
+        else:
+            vulnerabilities = _vulnerabilities(v, vn, root)
     if len(v.problems) > before or playbook is None or targets is None:
         return None
     if base is None and parent is None:
         return None
     # A child's base is its root ancestor's, filled in by _layered.
-    return Image(name=name, base=base, playbook=playbook, targets=targets, aws=aws, parent=parent)  # type: ignore[arg-type]
+    return Image(
+        name=name,
+        base=base,  # type: ignore[arg-type]
+        playbook=playbook,
+        targets=targets,
+        aws=aws,
+        parent=parent,
+        vulnerabilities=vulnerabilities,
+    )
 
 
 def _layered(
@@ -644,8 +686,55 @@ def _layered(
             targets=image.targets,
             aws=image.aws,
             parent=image.parent,
+            vulnerabilities=image.vulnerabilities,
         )
     return {n: out[n] for n in images if n in out}
+
+
+def _vulnerabilities(v: _Validator, n: _Node, root: Path) -> Vulnerabilities | None:
+    """A CVE gate policy: `tracker` checked here, the rest by cvegate.parse_policy, key by
+    key, so a problem is reported on the line of the key (or allow entry) it is about."""
+    entries = v.mapping(
+        n, required=(), optional=("tracker", *cvegate.POLICY_KEYS), what="a CVE gate policy"
+    )
+    if entries is None:
+        return None
+    before = len(v.problems)
+    tracker = None
+    if "tracker" in entries:
+        tn = entries["tracker"][1]
+        rel = v.string(tn)
+        if rel is not None and os.path.isabs(rel):
+            v.problem(
+                tn.line,
+                tn.path,
+                f"{rel!r} must be relative to the project root (like security/tracker.json); "
+                "the cve_tracker setting may name a file anywhere",
+            )
+        elif rel is not None:
+            tracker = root / rel
+    raw: dict[str, Any] = {}
+    for key, (line, value) in entries.items():
+        if key == "tracker":
+            continue
+        one = {key: v.value(value)}
+        try:
+            cvegate.parse_policy(one, n.path)
+        except GoldsmithError as err:
+            if key == "allow" and isinstance(value.node, yaml.SequenceNode):
+                # The first entry that fails on its own is the line to point at.
+                for item in value.node.value:
+                    try:
+                        cvegate.parse_policy({"allow": [v.value(_Node(item, ""))]}, n.path)
+                    except GoldsmithError:
+                        line = item.start_mark.line + 1
+                        break
+            v.problem(line, "", str(err))
+            continue
+        raw |= one
+    if len(v.problems) > before:
+        return None
+    return Vulnerabilities(cvegate.parse_policy(raw, n.path), tracker, n.path)
 
 
 def _target(v: _Validator, n: _Node) -> str | None:

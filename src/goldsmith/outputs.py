@@ -3,6 +3,11 @@
     build/<image>/<target>/manifest.json   what was built, from what, proven how
     build/<image>/<target>/junit.xml       the specs and hygiene checks of that build
     build/<image>/<target>/<artifact>      the local target's qcow2 (an AMI lives in AWS)
+    build/<image>/<target>/inventory.json  what the sealed disk holds (goldsmith.inventory)
+    build/<image>/<target>/sbom.cdx.json   its packages as a CycloneDX SBOM
+    build/<image>/<target>/cve-report.md   the CVE gate's report (images with a policy)
+    build/<image>/<target>/previous/       the proven build this one replaced: its
+                                           manifest.json and inventory.json (one generation)
 
 A build stages its results in its work folder and only when every check passed swaps
 the staged folder with `build/<image>/<target>/` in one atomic rename (renameat2
@@ -17,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -26,12 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import tools
+from . import imagediff, tools
 from .errors import GoldsmithError
 from .paths import build_dir
 
 MANIFEST = "manifest.json"
 JUNIT = "junit.xml"
+INVENTORY = "inventory.json"
+SBOM = "sbom.cdx.json"
+CVE_REPORT = "cve-report.md"
+PREVIOUS = "previous"
 
 
 def image_dir(root: Path, image: str) -> Path:
@@ -53,8 +63,20 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_json(path: Path, data: Any) -> str:
+    """Write `data` as JSON (atomically); return the sha256 of what was written."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    write_atomic(path, text)
+    return sha256_text(text)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass
@@ -99,6 +121,150 @@ def read_proven(root: Path, image: str, target: str, *, quiet: bool = False) -> 
             )
         return None
     return proven
+
+
+def keep_previous(dest: Path, staged: Path) -> None:
+    """Copy the proven build in `dest` (its manifest and inventory, not its artifact, not
+    its own previous/) into `staged`/previous/, so the new build can be compared with it."""
+    if not (dest / MANIFEST).is_file():
+        return
+    keep = staged / PREVIOUS
+    keep.mkdir(exist_ok=True)
+    for name in (MANIFEST, INVENTORY):
+        if (dest / name).is_file():
+            shutil.copy2(dest / name, keep / name)
+
+
+class NothingToCompare(GoldsmithError):
+    """A side of a comparison has no build, or a build without an inventory."""
+
+
+@dataclass
+class Recorded:
+    """One side of a comparison: an inventory and, when it came from a build, its manifest."""
+
+    label: str  # what a person calls it: "build base-2026...-42 (build/base/local)"
+    inventory: dict[str, Any]
+    manifest: dict[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest or {}
+        return {
+            "label": self.label,
+            "build_id": m.get("build_id"),
+            "fingerprint": m.get("fingerprint"),
+            "recorded": m.get("recorded"),
+        }
+
+
+def _load(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise GoldsmithError(f"{path}: cannot read {what}: {err}") from None
+
+
+def read_recorded(path: Path, *, label: str = "") -> Recorded:
+    """The inventory at `path`: an inventory.json, a manifest.json (whose inventory file
+    sits next to it, checked against the sha256 it records), or a build folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    if not path.is_file():
+        raise GoldsmithError(
+            f"{path}: no such file (a manifest.json, an inventory.json or a build folder)"
+        )
+    data = _load(path, "a manifest or an inventory")
+    if not isinstance(data, dict):
+        raise GoldsmithError(f"{path}: neither a manifest nor an inventory")
+    if "packages" in data and "etc" in data and "build_id" not in data:
+        return Recorded(label or str(path), data)
+    if "build_id" not in data:
+        raise GoldsmithError(f"{path}: neither a manifest nor an inventory")
+    label = label or f"build {data['build_id']} ({path.parent})"
+    entry = data.get("inventory")
+    if not entry:
+        why = data.get("inventory_reason") or "it was recorded before goldsmith kept inventories"
+        raise NothingToCompare(f"{label} has no inventory: {why}")
+    inv_path = path.parent / entry["file"]
+    if not inv_path.is_file():
+        raise NothingToCompare(f"{label}: its inventory {inv_path.name} is missing")
+    if sha256_file(inv_path) != entry.get("sha256"):
+        raise GoldsmithError(
+            f"{label}: {inv_path.name} is not the file its manifest records (another sha256): "
+            "it was changed after the build"
+        )
+    return Recorded(label, _load(inv_path, "the inventory"), data)
+
+
+def recorded(root: Path, image: str, target: str, *, previous: bool = False) -> Recorded:
+    """The proven build of `image` for `target` (with `previous`: the one it replaced)."""
+    d = target_dir(root, image, target)
+    rel = d.relative_to(root) if d.is_relative_to(root) else d
+    if previous:
+        d, rel = d / PREVIOUS, rel / PREVIOUS
+    if not (d / MANIFEST).is_file():
+        if previous:
+            raise NothingToCompare(
+                f"{image} ({target}) has no previous proven build to compare with ({rel}/ "
+                "is kept from the second proven build on); name one with --against"
+            )
+        raise NothingToCompare(
+            f"{image} has no proven {target} build ({rel}/{MANIFEST}): "
+            f"./run build --image {image} --target {target}"
+        )
+    build_id = _load(d / MANIFEST, "the manifest").get("build_id", "?")
+    return read_recorded(d / MANIFEST, label=f"build {build_id} ({rel})")
+
+
+@dataclass
+class Comparison:
+    """Two recorded builds (or inventories) of an image and what changed between them."""
+
+    image: str
+    target: str
+    old: Recorded
+    new: Recorded
+    diff: imagediff.Diff
+
+    def to_markdown(self) -> str:
+        title = f"{self.image} ({self.target}): {self.old.label} → {self.new.label}"
+        return self.diff.to_markdown(title)
+
+    def to_json(self) -> str:
+        data = {
+            "image": self.image,
+            "target": self.target,
+            "old": self.old.describe(),
+            "new": self.new.describe(),
+            "changed": not self.diff.empty,
+            "changes": self.diff.to_dict(),
+        }
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def compare(root: Path, image: str, target: str, against: Path | None = None) -> Comparison:
+    """The image's proven build against `against` (a manifest, an inventory or a build
+    folder), or else against the build it replaced (previous/). NothingToCompare when a
+    side is missing or has no inventory."""
+    new = recorded(root, image, target)
+    old = read_recorded(against) if against else recorded(root, image, target, previous=True)
+    return Comparison(image, target, old, new, imagediff.diff(old.inventory, new.inventory))
+
+
+def summary(root: Path, image: str, target: str) -> dict[str, Any] | None:
+    """The last proven build in one line's worth of fields, or None."""
+    proven = read_proven(root, image, target, quiet=True)
+    if proven is None:
+        return None
+    m = proven.manifest
+    return {
+        "build_id": m.get("build_id", ""),
+        "recorded": m.get("recorded", ""),
+        "fingerprint": proven.fingerprint[:12],
+        "git": (m.get("git") or {}).get("sha", "")[:12],
+        "previous": (proven.dir / PREVIOUS / MANIFEST).is_file(),
+    }
 
 
 _RENAME_EXCHANGE = 2

@@ -14,6 +14,8 @@ interrupted build leaves the last proven build in place and nothing else behind.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import os
 import re
@@ -30,10 +32,12 @@ from typing import Any
 
 from . import (
     base_disk,
+    cvegate,
     fingerprint,
     outputs,
     packer,
     requirements,
+    sbom,
     setup,
     spec,
     targets,
@@ -42,11 +46,11 @@ from . import (
     workdir,
 )
 from .ansible_env import ansible_env, profile, timings_env
-from .catalogue import Catalogue, load
+from .catalogue import Catalogue, Vulnerabilities, load
 from .errors import GoldsmithError, ToolError
 from .paths import venv_bin
 from .settings import Settings
-from .targets.contract import Bake, Plan, Source, Target, manifest
+from .targets.contract import Bake, Plan, SealProof, Source, Target, manifest
 
 
 class Interrupted(GoldsmithError):
@@ -98,7 +102,35 @@ def preflight(p: Plan, target: Target) -> None:
     tools.log("preflight", "the specs load (pytest --collect-only)")
     specs = {d for layer in p.layers for d in layer.role_map.specs.values()}
     spec.collect([*sorted(specs), spec.hygiene_dir(p.root)], p.root)
+    check_tracker(p)
     target.check(p)
+
+
+def check_tracker(p: Plan) -> None:
+    """An image with a CVE gate has its tracker data at hand before anything starts."""
+    vulns = p.image.vulnerabilities
+    if vulns is None:
+        return
+    if p.target == "aws":
+        # No disk of an AMI is at hand on AWS: the gate cannot run there (the manifest
+        # says so), so a build needs no tracker data.
+        tools.log("preflight", f"CVE gate: not on aws (no disk to read); {vulns.where} unused")
+        return
+    tracker = p.cve_tracker
+    if tracker is None:
+        raise GoldsmithError(
+            f"{p.catalogue.path.name}: {vulns.where} names no tracker: set its `tracker:` "
+            "(a file in the project) or the cve_tracker setting "
+            "(INVOKE_GOLDSMITH_CVE_TRACKER=path/to/tracker.json)"
+        )
+    if not tracker.is_file():
+        setting = "the cve_tracker setting" if p.settings.cve_tracker else f"{vulns.where}.tracker"
+        raise GoldsmithError(
+            f"{p.image.name}: the CVE gate's tracker data {tracker} ({setting}) does not "
+            "exist: download it (https://security-tracker.debian.org/tracker/data/json) "
+            "or point the setting at a copy"
+        )
+    tools.log("preflight", f"CVE gate: {vulns.where}, tracker {tracker.name}")
 
 
 def git_state(root: Path) -> dict[str, Any]:
@@ -343,6 +375,62 @@ def _seal_left(bake: Bake, target: Target, left: list[str]) -> GoldsmithError:
     )
 
 
+def record_review(p: Plan, proof: SealProof, staged: Path, build_id: str) -> dict[str, Any]:
+    """Write what a reviewer reads into the staged output (inventory.json, sbom.cdx.json,
+    cve-report.md) and return the manifest's fields naming them (each file with its
+    sha256), or saying why there is none."""
+    fields: dict[str, Any] = {}
+    if proof.inventory is None:
+        why = f"no disk of the {p.target} build to read (the seal was proven by {proof.how})"
+        fields |= {"inventory": None, "inventory_reason": why}
+        fields |= {"sbom": None, "sbom_reason": why}
+    else:
+        written = outputs.write_json(staged / outputs.INVENTORY, proof.inventory)
+        fields["inventory"] = {
+            "file": outputs.INVENTORY,
+            "sha256": written,
+            "format": proof.inventory.get("format"),
+            "packages": len(proof.inventory.get("packages") or {}),
+        }
+        doc = sbom.to_cyclonedx(proof.inventory, p.image.name, build_id)
+        outputs.write_atomic(staged / outputs.SBOM, doc)
+        fields["sbom"] = {
+            "file": outputs.SBOM,
+            "sha256": outputs.sha256_text(doc),
+            "format": "CycloneDX 1.6 JSON",
+        }
+    vulns, gate = p.image.vulnerabilities, proof.gate
+    if vulns is None:
+        fields |= {"cve_gate": None, "cve_gate_reason": "images.yml gives this image no policy"}
+    elif gate is None:
+        fields |= {
+            "cve_gate": None,
+            "cve_gate_reason": f"not run: {fields.get('inventory_reason')}",
+        }
+    else:
+        tracker = p.cve_tracker
+        assert tracker is not None
+        report = gate.to_markdown() + "\n"
+        outputs.write_atomic(staged / outputs.CVE_REPORT, report)
+        fields["cve_gate"] = {
+            "ok": gate.ok,
+            "policy": vulns.where,
+            "tracker": str(tracker.relative_to(p.root))
+            if tracker.is_relative_to(p.root)
+            else tracker.name,
+            "tracker_sha256": outputs.sha256_file(tracker),
+            "release": gate.release,
+            "fail_on": gate.fail_on,
+            "allowed": sorted({f.cve for f, _ in gate.allowed}),
+            "below_threshold": len(gate.below),
+            "open": len(gate.open),
+            "expired_allows": sorted({a.id for a in gate.expired}),
+            "report": outputs.CVE_REPORT,
+            "report_sha256": outputs.sha256_text(report),
+        }
+    return fields
+
+
 def _packer_manifest(path: Path) -> dict[str, Any]:
     """Packer's own manifest, with the build's temporary paths reduced to file names."""
     data = json.loads(path.read_text())
@@ -419,8 +507,10 @@ def _bake(
         )
         if proof.packages is not None:
             record["packages"] = proof.packages
+        record |= record_review(p, proof, staged, build_id)
         outputs.write_json(staged / outputs.MANIFEST, record)
         with tools.shielded():
+            outputs.keep_previous(dest, staged)
             outputs.commit(staged, dest)
             work.record(proven=True)
         failed = False
@@ -509,3 +599,52 @@ def plan_all(
                 row["note"] = "no input record to compare with: every input counts as changed"
             rows.append(row)
     return rows
+
+
+def list_images(root: Path, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every image of the catalogue: what it starts from (its parent, or its base), its
+    targets, and its last proven build per target (None where there is none)."""
+    locked = (settings or Settings()).requirements_locked
+    requirements.ensure(root, write_lock=not locked)
+    catalogue = load(root / "images.yml")
+    rows = []
+    for name, image in catalogue.images.items():
+        rows.append(
+            {
+                "image": name,
+                "parent": image.parent,
+                "base": None if image.parent else image.base.name,
+                "targets": list(image.targets),
+                "cve_gate": image.vulnerabilities is not None,
+                "builds": {t: outputs.summary(root, name, t) for t in image.targets},
+            }
+        )
+    return rows
+
+
+def cve_check(
+    root: Path,
+    image: str,
+    target: str,
+    settings: Settings | None = None,
+    tracker: Path | None = None,
+    today: dt.date | None = None,
+) -> tuple[str, cvegate.GateResult]:
+    """The CVE gate again, on the inventory of the image's proven build: with fresh tracker
+    data (`tracker`, else the cve_tracker setting, else images.yml's), under the image's
+    policy (the default one, fail on high, when it has none). Returns (policy, result)."""
+    catalogue = load(root / "images.yml")
+    img = catalogue.image(image)
+    vulns = img.vulnerabilities or Vulnerabilities(cvegate.Policy(), None, "the default policy")
+    settings = settings or Settings()
+    if tracker is not None:
+        settings = dataclasses.replace(settings, cve_tracker=str(tracker))
+    img = dataclasses.replace(img, vulnerabilities=vulns)
+    p = Plan(root, catalogue, img, target, catalogue.role_map(img), settings)
+    found = outputs.recorded(root, image, target).inventory
+    check_tracker(p)
+    assert p.cve_tracker is not None
+    data = cvegate.load_tracker(p.cve_tracker)
+    return vulns.where, cvegate.check(
+        found, data, vulns.policy, today or dt.datetime.now(dt.UTC).date()
+    )

@@ -39,6 +39,10 @@ class Settings:
     # How Ansible reaches a machine in bakes and the dev loop: mitogen (one Python on the
     # machine for the whole run) or linear (Ansible's own: Python started per task).
     ansible_strategy: str = DEFAULT_STRATEGY
+    # The CVE gate's security tracker data (JSON, relative to the project or absolute) for
+    # every image with a vulnerabilities policy, instead of the `tracker` images.yml names
+    # (CI downloads a fresh copy and points here). Empty: images.yml's.
+    cve_tracker: str = ""
 
     def packer_stop_seconds(self, target: str) -> int:
         return self.packer_stop_seconds_local if target == "local" else self.packer_stop_seconds_aws

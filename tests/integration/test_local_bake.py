@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -64,6 +65,31 @@ def test_bake_base_writes_image_manifest_and_junit(baked_base: Path) -> None:
     assert "<testsuites" in junit and 'name="hygiene"' in junit and "<failure" not in junit
     assert not build_qemus(), "a qemu outlived the build"
     assert not list((ROOT / "build").glob(".work-*")), "a build folder outlived the build"
+
+
+def test_base_build_records_inventory_and_sbom_beside_the_manifest(baked_base: Path) -> None:
+    """The session's own bake of base (made by this code: the fingerprint covers the
+    catalogue entry, whose shape gained the CVE gate's policy, so a base recorded before
+    inventories were kept is rebaked, not reused) records what its sealed disk holds."""
+    manifest = json.loads((baked_base / "manifest.json").read_text())
+    assert "inventory" in manifest, (
+        "base's proven build predates inventories: ./run build --image base --force"
+    )
+    entry = manifest["inventory"]
+    text = (baked_base / entry["file"]).read_text()
+    assert entry["file"] == "inventory.json"
+    assert hashlib.sha256(text.encode()).hexdigest() == entry["sha256"]
+    inventory = json.loads(text)
+    assert {p["name"]: p["version"] for p in inventory["packages"].values()} == manifest["packages"]
+    assert inventory["os"]["codename"] == "bookworm" and inventory["kernels"]
+    assert "ssh.service" in inventory["units"] and "etc/ssh/sshd_config" in inventory["etc"]
+    sbom = json.loads((baked_base / manifest["sbom"]["file"]).read_text())
+    assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.6"
+    assert len(sbom["components"]) == len(inventory["packages"])
+    # This project's images have no vulnerabilities policy: no gate, and the manifest says so.
+    assert manifest["cve_gate"] is None and manifest["cve_gate_reason"]
+    same = invoke(ROOT, "diff", "--image", "base", "--against", str(baked_base), "--fail-on-change")
+    assert same.returncode == 0 and "no change" in same.stdout, same.stderr
 
 
 def test_baked_base_boots_with_its_own_boot_loader_and_answers_ssh(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..catalogue import Catalogue, Image
+from ..cvegate import GateResult
 from ..roles import RoleMap
 from ..settings import Settings
 from ..spec import SpecResult
@@ -40,6 +41,16 @@ class Plan:
     def layers(self) -> list[Plan]:
         """The plans whose playbooks made the image: root ancestor first, this one last."""
         return [*(self.parent.layers if self.parent else []), self]
+
+    @property
+    def cve_tracker(self) -> Path | None:
+        """The tracker data the image's CVE gate reads: the `cve_tracker` setting (relative
+        to the project), else images.yml's `tracker`; None without a gate or without either."""
+        if self.image.vulnerabilities is None:
+            return None
+        if self.settings.cve_tracker:
+            return self.root / Path(self.settings.cve_tracker).expanduser()
+        return self.image.vulnerabilities.tracker
 
 
 @dataclass
@@ -87,11 +98,17 @@ class Bake:
 
 @dataclass
 class SealProof:
-    """The hygiene checks on what ships (None where no disk is at hand) and its packages."""
+    """The hygiene checks on what ships (None where no disk is at hand) and its packages.
+
+    `inventory` (goldsmith.inventory) and `gate` (the CVE gate's result, when the image
+    has a policy) come from the same disk; both None where no disk is at hand.
+    """
 
     hygiene: SpecResult | None
     packages: dict[str, str] | None
     how: str
+    inventory: dict[str, Any] | None = None
+    gate: GateResult | None = None
 
 
 class Target(Protocol):

@@ -2,20 +2,61 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from .. import base_disk, disk, outputs, spec, tools, vm
+from .. import base_disk, cvegate, disk, inventory, outputs, spec, tools, vm
+from ..catalogue import Vulnerabilities
 from ..errors import GoldsmithError
 from .contract import Bake, Plan, SealProof, Source, nothing
+
+
+def gate_or_fail(
+    image: str,
+    vulnerabilities: Vulnerabilities | None,
+    tracker: Path | None,
+    found: dict[str, Any],
+    nothing_made: str,
+    today: dt.date | None = None,
+) -> cvegate.GateResult | None:
+    """The CVE gate on the inventory `found`; None when the image has no policy.
+
+    Raises, naming each package and CVE, when the gate fails (`nothing_made` says what
+    the failed build did not make), so it takes the road of a failed hygiene spec.
+    """
+    if vulnerabilities is None:
+        return None
+    if tracker is None:
+        raise GoldsmithError(
+            f"{image}: {vulnerabilities.where} names no tracker: set its `tracker:` or the "
+            "cve_tracker setting (INVOKE_GOLDSMITH_CVE_TRACKER=path/to/tracker.json)"
+        )
+    data = cvegate.load_tracker(tracker)
+    result = cvegate.check(found, data, vulnerabilities.policy, today or _utc_today())
+    if not result.ok:
+        raise GoldsmithError(
+            f"{image}: the CVE gate failed ({len(result.failures)} vulnerabilit"
+            f"{'y' if len(result.failures) == 1 else 'ies'} at or above {result.fail_on} "
+            f"in {result.release}), {nothing_made}:\n  "
+            + "\n  ".join(f.line() for f in result.failures)
+            + f"\nupgrade the package, or accept the risk in images.yml "
+            f"({vulnerabilities.where}.allow: id, package, reason, expires)"
+        )
+    return result
+
+
+def _utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
 
 
 def prove_on_disk(
     bake: Bake, disk_image: Path, nothing_made: str, build_user_kept: bool = False
 ) -> SealProof:
-    """Mount `disk_image` read-only and run the hygiene spec on it (testinfra chroot).
+    """Mount `disk_image` read-only, run the hygiene spec on it (testinfra chroot) and
+    take its inventory; then the image's CVE gate, if it has one, on that inventory.
 
     `build_user_kept`: the build user is the image's own (an AMI's), which the seal
     keeps without its login; else it was made for the build and must be gone.
@@ -37,12 +78,25 @@ def prove_on_disk(
             },
         )
         packages = disk.packages(mnt)
+        found = inventory.collect(mnt)
     if not hygiene.ok:
         raise GoldsmithError(
             f"{plan.image.name}: the sealed disk failed its hygiene spec, {nothing_made}:\n  "
             + "\n  ".join(hygiene.failures)
         )
-    return SealProof(hygiene, packages, "hygiene spec on the sealed disk (read-only mount)")
+    if plan.image.vulnerabilities is not None:
+        tracker = plan.cve_tracker
+        shown = (
+            tracker.relative_to(plan.root)
+            if tracker and tracker.is_relative_to(plan.root)
+            else tracker
+        )
+        tools.log("phase", f"CVE gate: {len(found['packages'])} packages against {shown}")
+    gate = gate_or_fail(
+        plan.image.name, plan.image.vulnerabilities, plan.cve_tracker, found, nothing_made
+    )
+    how = "hygiene spec on the sealed disk (read-only mount)"
+    return SealProof(hygiene, packages, how, inventory=found, gate=gate)
 
 
 class Local:

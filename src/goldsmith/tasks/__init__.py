@@ -3,6 +3,7 @@
 core      setup, vendor, base, build, plan, sweep, lint, test, bench  (top level)
 devloop   up, converge, verify, idempotence, login, down      (top level)
 hostspec  spec                                                (top level)
+review    list, diff, cve                                     (top level)
 aws       twin.up|down|env|reset, aws.publish|reap
 ci        ci.deploy
 """
@@ -15,11 +16,11 @@ from ..settings import Settings
 
 
 def namespace() -> Collection:
-    from . import aws, ci, core, devloop, hostspec
+    from . import aws, ci, core, devloop, hostspec, review
 
     ns = Collection.from_module(core)
     # The dev loop's tasks and `spec` sit at the top level (`./run up`, `./run spec`, ...).
-    for module in (devloop, hostspec):
+    for module in (devloop, hostspec, review):
         for t in Collection.from_module(module).tasks.values():
             ns.add_task(t)
     ns.add_collection(aws.twin_collection())

@@ -1,0 +1,106 @@
+"""What a reviewer asks of proven builds: `list`, `diff`, `cve`.
+
+Thin: arguments in, goldsmith.outputs and goldsmith.pipeline do the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from invoke import Exit, task
+
+from .. import outputs, targets
+from ..catalogue import load
+from ..paths import project_root
+from .common import require_image, settings, user_errors
+
+FORMATS = ("markdown", "json")
+
+
+@task(name="list", help={"json": "print JSON (one object per image) instead of a table"})
+@user_errors
+def list_(c, json_=False):
+    """Each image: its parent (or base), its targets, its last proven build per target."""
+    from ..pipeline import list_images
+
+    root = project_root()
+    with contextlib.redirect_stdout(sys.stderr):
+        rows = list_images(root, settings(c))
+    if json_:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    for r in rows:
+        start = f"parent {r['parent']}" if r["parent"] else f"base {r['base']}"
+        gate = ", CVE gate" if r["cve_gate"] else ""
+        print(f"{r['image']:<12} {start}; targets {', '.join(r['targets'])}{gate}")
+        for t, b in r["builds"].items():
+            last = (
+                f"{b['build_id']}  {b['recorded']}  fingerprint {b['fingerprint']}"
+                if b
+                else "no proven build"
+            )
+            print(f"{'':<12} {t:<6} {last}")
+
+
+@task(
+    help={
+        "image": "image whose proven build is compared (a key of `images` in images.yml)",
+        "target": f"whose build: {', '.join(targets.names())} (default local)",
+        "against": "compare with this manifest.json, inventory.json or build folder instead "
+        "of the build the proven one replaced (build/<image>/<target>/previous/)",
+        "format": "markdown (for a pull request, default) or json (for machines)",
+        "fail_on_change": "exit with 1 when anything changed (a CI step that gates on it)",
+    }
+)
+@user_errors
+def diff(c, image=None, target="local", against=None, format="markdown", fail_on_change=False):
+    """What changed between two proven builds of an image (markdown or JSON).
+
+    Packages, kernels, enabled units, sockets, users, groups, SUID/SGID files and files
+    under /etc. Exit 0 (1 with --fail-on-change and a change), 2 with nothing to compare.
+    """
+    root = project_root()
+    name = require_image(load(root / "images.yml"), image, "diff")
+    if format not in FORMATS:
+        raise Exit(f"error: --format {format!r}: choose one of {', '.join(FORMATS)}", code=1)
+    where = Path(against).expanduser() if against else None
+    try:
+        result = outputs.compare(root, name, target, where)
+    except outputs.NothingToCompare as err:
+        raise Exit(f"nothing to compare: {err}", code=2) from None
+    sys.stdout.write(result.to_json() if format == "json" else result.to_markdown())
+    if fail_on_change and not result.diff.empty:
+        raise Exit(code=1)
+
+
+@task(
+    help={
+        "image": "image whose proven build is checked (a key of `images` in images.yml)",
+        "target": f"whose build: {', '.join(targets.names())} (default local)",
+        "tracker": "the security tracker data (JSON) to check against; default: the "
+        "cve_tracker setting, else the image's vulnerabilities.tracker",
+    }
+)
+@user_errors
+def cve(c, image=None, target="local", tracker=None):
+    """The CVE gate again on a proven build's inventory, with fresh tracker data.
+
+    No bake: the inventory the build recorded is checked; the report is markdown, and
+    the exit code 1 when the gate fails.
+    """
+    from ..pipeline import cve_check
+
+    root = project_root()
+    name = require_image(load(root / "images.yml"), image, "cve")
+    where = Path(tracker).expanduser().resolve() if tracker else None
+    try:
+        policy, result = cve_check(root, name, target, settings(c), where)
+    except outputs.NothingToCompare as err:
+        raise Exit(f"error: {err}", code=1) from None
+    print(f"policy: {policy}")
+    print(result.to_markdown())
+    if not result.ok:
+        raise Exit(code=1)
