@@ -11,6 +11,8 @@ Keys with defaults (all others are required):
   images.<name>.aws.encrypt_boot   true
   images.<name>.aws.kms_key_id     ""    (each region's default EBS key, aws/ebs)
   images.<name>.aws.spot           false
+  images.<name>.aws.retention      none  (`./run aws.prune` then needs --keep or --max-age)
+  images.<name>.aws.notify         the top-level `notifications.notify`, or none
 `images.<name>.aws` is required when the image has the `aws` or `twin` target.
 Top-level keys starting with `x-` are ignored: a place for shared anchors.
 
@@ -27,6 +29,11 @@ needs a key of its own once any key is set, or the copy silently gets the defaul
   mrk-<id>, or its ARN        a multi-region key (its replica in each region)
   <key id>, or a key's ARN    a single-region key: only for an image with one region
   {<region>: <key>, ...}      one key per region, exactly the image's regions
+`aws.retention: {keep: N, max_age_days: D}` is what `./run aws.prune` retires (both
+positive whole numbers, at least one of them; its --keep/--max-age override them).
+`aws.notify` (or the top-level `notifications: {notify: ...}` for every image) is the
+ARN of an SNS topic that build results (published, failed, pruned) are sent to.
+
 An image shared with other accounts (`share_with`) needs a customer-managed key: they
 cannot launch an AMI encrypted with the owner's default aws/ebs key.
 
@@ -41,6 +48,7 @@ Line numbers come from the YAML nodes (`yaml.compose`), so anchors and merge key
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -83,6 +91,9 @@ KMS_KEY_RE = re.compile(
 KMS_ARN_RE = re.compile(r"^(arn:aws[a-z-]*:kms):([a-z0-9-]+):([0-9]{12}):(key|alias)/(.+)$")
 DEFAULT_EBS_ALIAS = "alias/aws/ebs"
 SSM_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
+SNS_TOPIC_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$")
+SNS_TOPIC_RULE = "an SNS topic ARN like 'arn:aws:sns:eu-west-1:123456789012:goldsmith-builds'"
+RETENTION_KEYS = ("keep", "max_age_days")
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,14 @@ class Base:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """Which old builds `./run aws.prune` retires (None: that rule is not set)."""
+
+    keep: int | None = None  # keep the newest N builds
+    max_age_days: int | None = None  # retire builds older than this
+
+
+@dataclass(frozen=True)
 class AwsSettings:
     """How an image is baked and published on AWS (the `aws` and `twin` targets)."""
 
@@ -135,6 +154,8 @@ class AwsSettings:
     spot: bool
     # {region: KMS key} for every region, or {} for each region's default aws/ebs key.
     kms_key_ids: dict[str, str] = field(default_factory=dict)
+    retention: Retention | None = None
+    notify: str = ""  # SNS topic ARN for build results ("": none)
 
     def kms_key_for(self, region: str) -> str:
         """The KMS key for volumes and copies in `region` ("" is the default aws/ebs key)."""
@@ -423,7 +444,7 @@ def load(path: Path) -> Catalogue:
     top = v.mapping(
         _Node(doc, ""),
         required=("bases", "images"),
-        optional=("vulnerabilities", *extensions),
+        optional=("vulnerabilities", "notifications", *extensions),
         what="a mapping of 'bases' and 'images'",
     )
     if top is None:
@@ -431,6 +452,7 @@ def load(path: Path) -> Catalogue:
     shared = (
         _vulnerabilities(v, top["vulnerabilities"][1], root) if "vulnerabilities" in top else None
     )
+    notify = _notifications(v, top["notifications"][1]) if "notifications" in top else ""
     bases: dict[str, Base] = {}
     if "bases" in top:
         for name, _line, n in _named(v, top["bases"][1], "bases"):
@@ -453,6 +475,13 @@ def load(path: Path) -> Catalogue:
         images = _layered(v, images, parents)
     if v.problems:
         raise CatalogueError(sorted(v.problems, key=lambda p: p.line))
+    if notify:  # the shared topic, for images that name none of their own
+        images = {
+            n: dataclasses.replace(i, aws=dataclasses.replace(i.aws, notify=notify))
+            if i.aws is not None and not i.aws.notify
+            else i
+            for n, i in images.items()
+        }
     role_maps = {k: m for k, m in resolved.items() if m is not None}
     return Catalogue(
         path=path, bases=bases, images=images, images_line=images_line, role_maps=role_maps
@@ -779,7 +808,15 @@ def _aws(v: _Validator, image: str, n: _Node, layered: bool = False) -> AwsSetti
     entries = v.mapping(
         n,
         required=required if layered else ("source_ami", *required),
-        optional=("share_with", "encrypt_boot", "kms_key_id", "spot", "source_ami"),
+        optional=(
+            "share_with",
+            "encrypt_boot",
+            "kms_key_id",
+            "spot",
+            "source_ami",
+            "retention",
+            "notify",
+        ),
     )
     if entries is None:
         return None
@@ -831,6 +868,10 @@ def _aws(v: _Validator, image: str, n: _Node, layered: bool = False) -> AwsSetti
     if share_with and encrypt and kms is not None:
         _check_shareable(v, node("share_with"), node("kms_key_id"), share_with, kms)
     spot = v.boolean(n_) if (n_ := node("spot")) is not None else False
+    retention = _retention(v, n_) if (n_ := node("retention")) is not None else None
+    notify = (
+        v.string(n_, SNS_TOPIC_RE, SNS_TOPIC_RULE) if (n_ := node("notify")) is not None else ""
+    )
     if len(v.problems) > before:
         return None
     return AwsSettings(
@@ -844,7 +885,42 @@ def _aws(v: _Validator, image: str, n: _Node, layered: bool = False) -> AwsSetti
         encrypt_boot=encrypt,
         spot=spot,  # type: ignore[arg-type]
         kms_key_ids=kms or {},
+        retention=retention,
+        notify=notify or "",
     )
+
+
+def _retention(v: _Validator, n: _Node) -> Retention | None:
+    """`aws.retention`: {keep: N, max_age_days: D}, positive whole numbers, one at least."""
+    entries = v.mapping(n, required=(), optional=RETENTION_KEYS, what="a mapping")
+    if entries is None:
+        return None
+    if not entries:
+        v.problem(n.line, n.path, "names no rule: give keep, max_age_days or both")
+        return None
+    before = len(v.problems)
+    values: dict[str, int] = {}
+    for key, (_, value) in entries.items():
+        if key not in RETENTION_KEYS:
+            continue  # reported by v.mapping
+        raw = v.value(value) if isinstance(value.node, yaml.ScalarNode) else None
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+            values[key] = raw
+        else:
+            shown = value.node.value if isinstance(value.node, yaml.ScalarNode) else None
+            what = repr(shown) if shown is not None else _kind_of(value.node)
+            v.problem(value.line, value.path, f"must be a whole number of at least 1, not {what}")
+    if len(v.problems) > before:
+        return None
+    return Retention(**values)
+
+
+def _notifications(v: _Validator, n: _Node) -> str:
+    """The top-level `notifications:` section: {notify: <SNS topic ARN>} for every image."""
+    entries = v.mapping(n, required=("notify",), what="a mapping with 'notify'")
+    if not entries or "notify" not in entries:
+        return ""
+    return v.string(entries["notify"][1], SNS_TOPIC_RE, SNS_TOPIC_RULE) or ""
 
 
 KMS_RULE = "a KMS key id, alias/<name>, multi-region key mrk-<id> or key ARN"

@@ -252,6 +252,84 @@ def compare(root: Path, image: str, target: str, against: Path | None = None) ->
     return Comparison(image, target, old, new, imagediff.diff(old.inventory, new.inventory))
 
 
+# --- the build recorded for a git ref --------------------------------------------------------
+#
+# A proven build's manifest records the commit it was baked from (git.sha). The build "at"
+# a ref is the newest build kept here whose commit is the ref's or one before it: images
+# are baked on merge and reused while their inputs are unchanged, so a later commit's
+# image is the build of an earlier one. Only what this machine (or a CI cache) keeps is
+# seen: the proven build and the one it replaced.
+
+
+def ref_commit(root: Path, ref: str) -> str:
+    """The commit `ref` names in the project's git repository."""
+    try:
+        out = tools.capture(["git", "-C", root, "rev-parse", "--verify", f"{ref}^{{commit}}"])
+    except (GoldsmithError, OSError):
+        raise GoldsmithError(
+            f"git cannot resolve {ref!r} to a commit here (a branch, tag or sha this "
+            "clone has; a shallow clone may need `git fetch` of it)"
+        ) from None
+    return out.strip()
+
+
+def _before(root: Path, older: str, newer: str) -> int | None:
+    """How many commits `older` is behind `newer`, or None when it is not an ancestor
+    (or git does not know it: a commit this clone lacks)."""
+    try:
+        tools.capture(["git", "-C", root, "merge-base", "--is-ancestor", older, newer])
+        count = tools.capture(["git", "-C", root, "rev-list", "--count", f"{older}..{newer}"])
+    except (GoldsmithError, OSError):
+        return None
+    return int(count.strip())
+
+
+def recorded_at_ref(root: Path, image: str, target: str, ref: str) -> Recorded:
+    """The build of `image` for `target` that was proven as of git `ref`: of the builds
+    kept in build/<image>/<target>/ (the proven one, previous/), the one baked from the
+    ref's commit, else the newest baked from an ancestor of it. NothingToCompare when
+    none is kept here."""
+    commit = ref_commit(root, ref)
+    d = target_dir(root, image, target)
+    rel = d.relative_to(root) if d.is_relative_to(root) else d
+    kept: list[tuple[Path, dict[str, Any]]] = []
+    for folder in (d, d / PREVIOUS):
+        if (folder / MANIFEST).is_file():
+            m = _load(folder / MANIFEST, "the manifest")
+            if isinstance(m, dict):
+                kept.append((folder, m))
+    best: tuple[int, Path, dict[str, Any]] | None = None
+    for folder, m in kept:
+        sha = str((m.get("git") or {}).get("sha") or "")
+        if not sha or sha == "unknown":
+            continue
+        behind = 0 if sha == commit else _before(root, sha, commit)
+        if behind is not None and (best is None or behind < best[0]):
+            best = (behind, folder, m)
+    if best is None:
+        shas = [str((m.get("git") or {}).get("sha") or "unknown")[:12] for _, m in kept]
+        held = f"builds of {', '.join(shas)}" if shas else "no proven build"
+        raise NothingToCompare(
+            f"no build of {image} ({target}) baked from {ref} ({commit[:12]}) or a commit "
+            f"before it is recorded here: {rel}/ holds {held} (only the proven build and "
+            "the one it replaced are kept, on this machine or in its CI cache)"
+        )
+    behind, folder, m = best
+    sha = str(m["git"]["sha"])
+    at = f"{ref}" if behind == 0 else f"{sha[:12]}, {behind} commit(s) before {ref}"
+    dirty = ", uncommitted changes" if (m.get("git") or {}).get("dirty") else ""
+    where = rel / PREVIOUS if folder.name == PREVIOUS else rel
+    label = f"build {m.get('build_id', '?')} at {at}{dirty} ({where})"
+    return read_recorded(folder / MANIFEST, label=label)
+
+
+def compare_at_ref(root: Path, image: str, target: str, ref: str) -> Comparison:
+    """The image's proven build against the build that was proven as of git `ref`."""
+    old = recorded_at_ref(root, image, target, ref)  # first: a ref git does not know is an error
+    new = recorded(root, image, target)
+    return Comparison(image, target, old, new, imagediff.diff(old.inventory, new.inventory))
+
+
 def summary(root: Path, image: str, target: str) -> dict[str, Any] | None:
     """The last proven build in one line's worth of fields, or None."""
     proven = read_proven(root, image, target, quiet=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -196,3 +197,37 @@ def runnable(project: Path) -> Path:
     run.chmod(0o755)
     (project / ".venv").symlink_to(ROOT / ".venv")
     return project
+
+
+@pytest.fixture
+def twin_project(tmp_path: Path) -> Iterator[Path]:
+    """The project's catalogue, roles, playbooks and aws/ (CI stack and policy) in a
+    temporary project with a twin of its own (the bakes' twin is never touched)."""
+    from goldsmith.aws import twin
+
+    for name in ("images.yml", "roles", "playbooks", "aws"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    twin.up(tmp_path)
+    yield tmp_path
+    twin.down(tmp_path)
+
+
+def twin_cli(root: Path, region: str, *args: str, as_root: bool = False) -> dict:
+    """The AWS CLI pointed at `root`'s twin, as a user runs it: as a build's identity (the
+    project's aws/policy.json), or as the twin's account root; parsed JSON."""
+    from goldsmith.aws import twin
+    from goldsmith.paths import venv_bin
+
+    who = {**twin.FAKE_CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true"} if as_root else {}
+    env = {**os.environ, **twin.env(root, region), **who}
+    out = subprocess.run(
+        [venv_bin("aws"), "--endpoint-url", twin.endpoint(root), "--region", region]
+        + ["--output", "json", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, f"aws {' '.join(args)}: {out.stderr}"
+    return json.loads(out.stdout)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from goldsmith import report
 from goldsmith.aws import buildspec
 from goldsmith.catalogue import load as load_catalogue
 from goldsmith.errors import GoldsmithError
@@ -201,11 +202,25 @@ def test_a_validation_build_lints_tests_and_plans_but_never_bakes_or_publishes(
     assert "plan --image base --target aws" in run and "plan --image web --target aws" in run
     built = [c for c in run if c.startswith("build ")]
     published = [c for c in run if c.startswith("aws.publish ")]
+    reported = [c for c in run if c.startswith("report")]
     if bakes:
         assert built == ["build --target aws --image base", "build --target aws --image web"]
         assert published == [
             "aws.publish --image base --target aws",
             "aws.publish --image web --target aws",
         ]
+        assert reported == []
     else:
         assert built == [] and published == []
+        # The pull request's report, once, after the plan of every image.
+        assert reported == ["report --target aws"]
+        assert run.index("report --target aws") > run.index("plan --image web --target aws")
+
+
+def test_the_pull_request_report_is_an_artifact() -> None:
+    """What `./run report` writes by default is in the build's artifacts."""
+    spec = buildspec.load(ROOT / "buildspec.yml")
+    files = spec["artifacts"]["files"]
+    assert "build/report/pr-report.md" in files and "build/report/pr-report.json" in files
+    assert report.default_path(ROOT) == ROOT / "build/report/pr-report.md"
+    assert report.default_path(ROOT).with_suffix(".json") == ROOT / "build/report/pr-report.json"

@@ -108,12 +108,19 @@ def _is_ahead(pointer: Pointer, provenance: amis.Provenance) -> bool:
 
 
 def check_forward(
-    aws: Aws, provenance: amis.Provenance, regions: Iterable[str], name: str
+    aws: Aws,
+    provenance: amis.Provenance,
+    regions: Iterable[str],
+    name: str,
+    *,
+    doing: str = "publish",
+    remedy: str = "Publish a newer build (or set the parameter by hand to roll back on purpose).",
 ) -> dict[str, Pointer]:
     """Read the pointer in every region; refuse the publish if any holds a newer build.
 
     Every region is read before the verdict, so the error lists them all and nothing
-    has been written when it is raised.
+    has been written when it is raised. `doing` and `remedy` word the refusal for
+    another mover of a pointer (promote).
     """
     pointers = {r: read_pointer(aws, r, name) for r in dict.fromkeys(regions)}
     ahead = [p for p in pointers.values() if _is_ahead(p, provenance)]
@@ -123,10 +130,10 @@ def check_forward(
             for p in ahead
         )
         raise PointerIsNewer(
-            f"refusing to publish image {provenance.image!r} build {provenance.build_id} "
+            f"refusing to {doing} image {provenance.image!r} build {provenance.build_id} "
             f"(built {_when(provenance.built_at)}): {name} already holds a newer build: "
             f"{where}. The pointer only moves forward; every region keeps its current AMI. "
-            "Publish a newer build (or set the parameter by hand to roll back on purpose)."
+            + remedy
         )
     return pointers
 

@@ -15,6 +15,8 @@ The twin stands in for AWS, so an answer goldsmith relies on must be AWS's answe
   say), and a key that does not exist in the copy's region is refused. So does the
   snapshot CreateImage makes of an instance's encrypted root volume, which moto made of
   a fresh unencrypted volume.
+- EnableImageDeprecation exists (moto lacks it): the AMI's DeprecationTime is set, so
+  `aws.prune` deprecates before it deregisters on the twin as on AWS.
 - ModifyInstanceMetadataOptions takes effect a moment later, as on EC2: the change is
   "pending" at first and "applied" only after `METADATA_PENDING_S`, so the IMDSv2 guard's
   wait for "applied" is exercised, not skipped.
@@ -47,7 +49,8 @@ import xmltodict
 from moto import settings
 from moto.core.authorization import ActionAuthenticatorMixin
 from moto.core.exceptions import AccessDeniedError, JsonRESTError
-from moto.ec2.exceptions import EC2ClientError, InvalidParameterDependency
+from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError, InvalidAMIIdError, InvalidParameterDependency
 from moto.ec2.models import amis
 from moto.ec2.models.instances import InstanceBackend, MetadataOptions
 from moto.ec2.responses.amis import AmisResponse
@@ -125,6 +128,16 @@ def _copy_image(self: AmisResponse) -> Any:
     image.add_tags(tags.get("image", {}))
     snapshot.add_tags(tags.get("snapshot", {}))
     return result
+
+
+def _enable_image_deprecation(self: AmisResponse) -> Any:
+    """AWS's EnableImageDeprecation: the AMI (the caller's own) gets its DeprecationTime."""
+    ami_id = self._get_param("ImageId")
+    image = self.ec2_backend.amis.get(ami_id)
+    if image is None:
+        raise InvalidAMIIdError(ami_id)
+    image.deprecation_time = self._get_param("DeprecateAt")
+    return ActionResult({"Return": True})
 
 
 def key_arn(backend: Any, key: str) -> str:
@@ -252,6 +265,7 @@ PATCHES: list[tuple[Any, str, Any]] = [
     (amis.Ami, "__init__", _as_on_aws),
     (amis.Ami, "block_device_mappings", property(_mappings)),
     (AmisResponse, "copy_image", _copy_image),
+    (AmisResponse, "enable_image_deprecation", _enable_image_deprecation),
     (InstanceBackend, "modify_instance_metadata_options", _modify_metadata_options),
     (ActionAuthenticatorMixin, "_authenticate_and_authorize_action", _authorize),
     (IAMPolicyStatement, "_check_element_matches", _element_matches),

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import base_disk, disk, outputs, tools, vm
-from ..aws import amis, imds, keys, packer_vars, publish, reaper, report, twin
+from ..aws import amis, imds, keys, notify, packer_vars, publish, reaper, report, twin
 from ..aws.clients import Aws
 from ..catalogue import AwsSettings
 from ..errors import GoldsmithError, ToolError
@@ -398,6 +398,12 @@ class Amazon:
                 f"{bake.plan.image.name} --target {self.name} --build-id {bake.build_id} "
                 f"{'--failed' if failed else ''})".strip()
             )
+        if failed:  # subscribers hear of it; one that cannot be told is only a warning
+            topic, image = settings_of(bake.plan).notify, bake.plan.image.name
+            where = f"{self.name} build in {self.region(bake.plan)}"
+            notify.build_failed(
+                lambda: self.aws(bake.plan.root), topic, image, bake.build_id, where
+            )
         for name in bake.work.owner.get("vms", []):
             vm.down(name, bake.plan.root)
         if failed and bake.state.get("kept_disk"):
@@ -473,6 +479,7 @@ def publish_manifest(
         kms_key_ids=settings.kms_key_ids,
         wait=wait or amis.Wait(),
     )
+    notify.send(aws, settings.notify, notify.published(result))
     md, _ = report.write(result, path.parent)
     data = json.loads(path.read_text())
     data["amis"] = {region: r.ami_id for region, r in sorted(result.regions.items())}

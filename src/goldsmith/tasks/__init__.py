@@ -3,7 +3,7 @@
 core      setup, vendor, base, build, plan, sweep, lint, test, bench  (top level)
 devloop   up, converge, verify, idempotence, login, down      (top level)
 hostspec  spec                                                (top level)
-review    list, diff, cve                                     (top level)
+review    list, diff, cve, report                             (top level)
 aws       twin.up|down|env|reset, aws.publish|reap
 ci        ci.deploy
 """

@@ -3,6 +3,8 @@
 ./run twin.up | twin.down | twin.env | twin.reset
 ./run aws.publish --image web [--target twin]
 ./run aws.reap --image web --build-id ID [--failed] [--sweep] [--dry-run]
+./run aws.prune --image web [--keep N] [--max-age DAYS] [--apply]
+./run aws.promote --image web --to stable [--build-id ID] [--force]
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from pathlib import Path
 from invoke import Collection, task
 
 from .. import outputs
+from ..aws import promote as promoting
+from ..aws import prune as pruning
 from ..aws import publish as publishing
-from ..aws import reaper, report, twin
+from ..aws import reaper, report, ssm, twin
 from ..aws.clients import Aws
-from ..catalogue import load
+from ..catalogue import Retention, load
 from ..errors import GoldsmithError
 from ..paths import project_root
 from .common import require_image, settings, user_errors
@@ -126,11 +130,87 @@ def reap(c, image=None, build_id=None, target="aws", failed=False, sweep=False, 
     print(done.summary())
 
 
+def _whole_number(value: str | int | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise GoldsmithError(f"{flag} {value!r}: give a whole number") from None
+
+
+@task(
+    help={
+        "image": "image whose old builds to retire (images.yml)",
+        "target": "aws (the default) or twin",
+        "keep": "keep the newest N builds (overrides images.yml aws.retention.keep)",
+        "max_age": "retire builds older than DAYS (overrides aws.retention.max_age_days)",
+        "apply": "do it: deprecate, deregister, delete the snapshots (default: only say what)",
+    }
+)
+@user_errors
+def prune(c, image=None, target="aws", keep=None, max_age=None, apply=False):
+    """Retire old builds of an image in every region; a dry run unless --apply."""
+    root = project_root()
+    image, aws_settings = _aws_settings(root, image, "aws.prune")
+    configured = aws_settings.retention or Retention()
+    keep_n = _whole_number(keep, "--keep")
+    days = _whole_number(max_age, "--max-age")
+    rules = pruning.Rules(
+        keep=configured.keep if keep_n is None else keep_n,
+        max_age_days=configured.max_age_days if days is None else days,
+    )
+    aws = _aws_for(target, root)
+    regions = list(aws_settings.regions)
+    verdicts = pruning.plan(aws, image, regions, rules)
+    doomed = [v for v in verdicts if v.prune]
+    print(f"image {image} in {', '.join(regions)}; rules: {rules}")
+    print(pruning.table(verdicts) if verdicts else "no builds of this image")
+    if not apply:
+        print(f"dry run: nothing changed; {len(doomed)} build(s) would be pruned (--apply)")
+        return
+    done = pruning.apply(aws, image, verdicts, topic=aws_settings.notify)
+    print(done.summary())
+    if done.failed:
+        raise GoldsmithError(
+            f"the prune of {image} did not finish (above: what was and was not done); "
+            "run it again to finish"
+        )
+
+
+@task(
+    help={
+        "image": "image to promote (images.yml)",
+        "to": "the channel: /goldsmith/<image>/<channel> (lowercase letters, digits, dashes)",
+        "build_id": "the build to promote (default: the one `latest` points at)",
+        "target": "aws (the default) or twin",
+        "force": "move the channel even to an older build",
+    }
+)
+@user_errors
+def promote(c, image=None, to=None, build_id=None, target="aws", force=False):
+    """Point a channel of an image at a proven build, in every region or none."""
+    root = project_root()
+    image, aws_settings = _aws_settings(root, image, "aws.promote")
+    if not to:
+        raise GoldsmithError(f"--to is required: ./run aws.promote --image {image} --to CHANNEL")
+    done = promoting.promote(
+        _aws_for(target, root),
+        image,
+        list(aws_settings.regions),
+        to,
+        latest=ssm.parameter_name(aws_settings.ssm_parameter, image),
+        build_id=build_id,
+        force=force,
+    )
+    print(done.summary())
+
+
 def twin_collection() -> Collection:
     """`./run twin.up`, `twin.down`, `twin.env`, `twin.reset`."""
     return Collection("twin", up, down, env, reset)
 
 
 def aws_collection() -> Collection:
-    """`./run aws.publish`, `aws.reap`."""
-    return Collection("aws", publish, reap)
+    """`./run aws.publish`, `aws.reap`, `aws.prune`, `aws.promote`."""
+    return Collection("aws", publish, reap, prune, promote)

@@ -1,4 +1,4 @@
-"""What a reviewer asks of proven builds: `list`, `diff`, `cve`.
+"""What a reviewer asks of proven builds: `list`, `diff`, `cve`, and a pull request's `report`.
 
 Thin: arguments in, goldsmith.outputs and goldsmith.pipeline do the work.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from invoke import Exit, task
 
 from .. import outputs, targets
+from .. import report as pr_report
 from ..catalogue import load
 from ..paths import project_root
 from .common import require_image, settings, user_errors
@@ -51,12 +52,23 @@ def list_(c, json_=False):
         "target": f"whose build: {', '.join(targets.names())} (default local)",
         "against": "compare with this manifest.json, inventory.json or build folder instead "
         "of the build the proven one replaced (build/<image>/<target>/previous/)",
+        "against_ref": "compare with the build that was proven as of this git ref (a "
+        "branch, tag or sha): the kept build baked from its commit or the newest one "
+        "before it; only builds kept here (the proven one, previous/) are seen",
         "format": "markdown (for a pull request, default) or json (for machines)",
         "fail_on_change": "exit with 1 when anything changed (a CI step that gates on it)",
     }
 )
 @user_errors
-def diff(c, image=None, target="local", against=None, format="markdown", fail_on_change=False):
+def diff(
+    c,
+    image=None,
+    target="local",
+    against=None,
+    against_ref=None,
+    format="markdown",
+    fail_on_change=False,
+):
     """What changed between two proven builds of an image (markdown or JSON).
 
     Packages, kernels, enabled units, sockets, users, groups, SUID/SGID files and files
@@ -66,9 +78,14 @@ def diff(c, image=None, target="local", against=None, format="markdown", fail_on
     name = require_image(load(root / "images.yml"), image, "diff")
     if format not in FORMATS:
         raise Exit(f"error: --format {format!r}: choose one of {', '.join(FORMATS)}", code=1)
+    if against and against_ref:
+        raise Exit("error: give --against or --against-ref, not both", code=1)
     where = Path(against).expanduser() if against else None
     try:
-        result = outputs.compare(root, name, target, where)
+        if against_ref:
+            result = outputs.compare_at_ref(root, name, target, against_ref)
+        else:
+            result = outputs.compare(root, name, target, where)
     except outputs.NothingToCompare as err:
         raise Exit(f"nothing to compare: {err}", code=2) from None
     sys.stdout.write(result.to_json() if format == "json" else result.to_markdown())
@@ -104,3 +121,41 @@ def cve(c, image=None, target="local", tracker=None):
     print(result.to_markdown())
     if not result.ok:
         raise Exit(code=1)
+
+
+@task(
+    help={
+        "target": f"only this target: {', '.join(targets.names())} (default: every target "
+        "of each image); CI passes its own",
+        "base_ref": "compare each build with the one proven as of this git ref (a branch, "
+        "tag or sha) instead of the build it replaced (previous/)",
+        "output": "the markdown file to write (default build/report/pr-report.md); the "
+        "JSON twin goes beside it, named .json",
+    }
+)
+@user_errors
+def report(c, target=None, base_ref=None, output=None):
+    """One markdown report (and its JSON twin) for a pull request's validation run.
+
+    Per image: what would rebake and why (the plan), the last proven build, its specs,
+    roles without specs, changes against the build it replaced, SBOM and CVE gate. Bakes
+    nothing; works where nothing was baked (a validation build).
+    """
+    from ..pipeline import git_state
+
+    root = project_root()
+    if target is not None and target not in targets.names():
+        raise Exit(
+            f"error: --target {target!r}: choose one of {', '.join(targets.names())}", code=1
+        )
+    markdown = Path(output).expanduser() if output else pr_report.default_path(root)
+    if markdown.suffix == ".json":
+        raise Exit("error: --output names the markdown file; the JSON goes beside it", code=1)
+    if base_ref:
+        outputs.ref_commit(root, base_ref)  # a ref git does not know is the caller's error
+    catalogue = load(root / "images.yml")
+    with contextlib.redirect_stdout(sys.stderr):
+        rows = pr_report.plan_rows(root, catalogue, target, settings(c))
+    doc = pr_report.collect(root, catalogue, rows, git=git_state(root), base_ref=base_ref)
+    written = doc.write(markdown)
+    print(" and ".join(str(p.relative_to(root) if p.is_relative_to(root) else p) for p in written))
