@@ -327,6 +327,74 @@ def test_a_layered_image_bakes_from_its_parents_proven_build_and_is_proven_whole
     assert [plan_of(mini_project, i)["action"] for i in ("mini", "kid")] == ["rebake", "rebake"]
 
 
+# The tracker data of Debian's security tracker (its JSON's shape), written for the test:
+# base-files, which every image has, with a fixed high-urgency issue it does not have.
+TRACKER = {
+    "base-files": {
+        "CVE-2099-0002": {
+            "description": "a test issue",
+            "scope": "local",
+            "releases": {
+                "bookworm": {
+                    "status": "resolved",
+                    "fixed_version": "99",
+                    "urgency": "high",
+                    "repositories": {"bookworm": "99"},
+                }
+            },
+        }
+    }
+}
+ALLOW = (
+    "      allow:\n        - {id: CVE-2099-0002, package: base-files, "
+    'reason: "the test accepts it", expires: 2099-12-31}\n'
+)
+
+
+def test_a_role_change_shows_in_diff_and_the_cve_gate_stops_a_bake(mini_project: Path) -> None:
+    """kid (proven by the test above) gets a role change and a CVE policy whose tracker
+    marks base-files fixed in a version it does not have: the bake fails at the gate,
+    naming both, and writes nothing. With an allow entry it passes, the report shows the
+    exception, and `./run diff` shows the role's change and nothing else."""
+    for role in ("mini", "kid"):  # undo the plan checks' edits above: mini is reused
+        tasks = mini_project / f"roles/{role}/tasks/main.yml"
+        tasks.write_text(tasks.read_text().replace("# edited\n", ""))
+    out = mini_project / "build/kid/local"
+    proven = json.loads((out / "manifest.json").read_text())
+    with (mini_project / "roles/kid/tasks/main.yml").open("a") as f:
+        f.write(
+            "- name: Write the layer's note\n  ansible.builtin.copy:\n"
+            '    dest: /etc/kid-note\n    content: "noted\\n"\n    mode: "0644"\n'
+        )
+    (mini_project / "security").mkdir()
+    (mini_project / "security/tracker.json").write_text(json.dumps(TRACKER))
+    catalogue = mini_project / "images.yml"
+    policy = "    vulnerabilities:\n      tracker: security/tracker.json\n      fail_on: high\n"
+    text = catalogue.read_text()
+    kid = "    playbook: playbooks/kid.yml\n"
+    catalogue.write_text(text.replace(kid, kid + policy, 1))
+
+    failed = invoke(mini_project, "build", "--image", "kid")
+    assert failed.returncode != 0
+    assert "the CVE gate failed" in failed.stderr and "no image written" in failed.stderr
+    assert "CVE-2099-0002 in base-files" in failed.stderr
+    assert json.loads((out / "manifest.json").read_text())["build_id"] == proven["build_id"]
+    assert leftovers(mini_project) == []
+
+    catalogue.write_text(text.replace(kid, kid + policy + ALLOW, 1))
+    passed = invoke(mini_project, "build", "--image", "kid")
+    assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["cve_gate"]["ok"] and manifest["cve_gate"]["allowed"] == ["CVE-2099-0002"]
+    report = (out / "cve-report.md").read_text()
+    assert "Allowed by the policy (1)" in report and "the test accepts it" in report
+    diff = invoke(mini_project, "diff", "--image", "kid", "--format", "json", "--fail-on-change")
+    assert diff.returncode == 1, diff.stdout[-3000:] + diff.stderr
+    changes = json.loads(diff.stdout)["changes"]
+    assert changes == {"etc": {"added": {"etc/kid-note": changes["etc"]["added"]["etc/kid-note"]},
+                               "changed": {}, "removed": {}}}  # fmt: skip
+
+
 def test_spec_that_does_not_load_fails_before_any_vm(scratch: Path) -> None:
     (scratch / "tests/spec/base/test_broken.py").write_text("def test_x(host:\n    pass\n")
     proc = invoke(scratch, "build", "--image", "base", timeout=300)
