@@ -287,13 +287,22 @@ def test_buildspec_bakes_a_layered_pair_on_the_twin_and_publishes_it(
     assert mini["build_id"].split("-")[1] <= kid["build_id"].split("-")[1]
 
 
+# Each removed where it first bites: Packer's launch, and goldsmith's IMDSv2 change on the
+# launched builder (the guard stops Packer at once; nothing runs on the builder).
+DENIED = {
+    "ec2:RunInstances": "AWS denied Packer ec2:RunInstances, no AMI registered",
+    "ec2:ModifyInstanceMetadataOptions": "stopped before anything ran on it",
+}
+
+
+@pytest.mark.parametrize("action", sorted(DENIED))
 def test_a_bake_runs_as_the_repository_policy_and_fails_naming_a_missing_action(
-    scratch: Path, twin_aws: Aws
+    scratch: Path, twin_aws: Aws, action: str
 ) -> None:
     """The twin runs builds as the project's aws/policy.json (the CI role's policy). Without
-    ec2:RunInstances, Packer's launch of the builder is denied: the bake fails there,
-    naming the action, registers nothing and leaves nothing. (The same bake passes with
-    the whole policy: the other tests of this module.)"""
+    one action the bake needs, it fails where that action is denied, naming it, registers
+    nothing and leaves nothing. (The same bake passes with the whole policy: the other
+    tests of this module.)"""
     add_mini_image(
         scratch,
         "def test_marker_says_hello(host):\n"
@@ -305,7 +314,7 @@ def test_a_bake_runs_as_the_repository_policy_and_fails_naming_a_missing_action(
     for statement in policy["Statement"]:
         actions = statement["Action"]
         actions = [actions] if isinstance(actions, str) else actions
-        statement["Action"] = [a for a in actions if a != "ec2:RunInstances"]
+        statement["Action"] = [a for a in actions if a != action]
     policy["Statement"] = [s for s in policy["Statement"] if s["Action"]]
     path.write_text(json.dumps(policy))
     # --force: the policy is not an input of the image, and an earlier test of this module
@@ -313,8 +322,10 @@ def test_a_bake_runs_as_the_repository_policy_and_fails_naming_a_missing_action(
     proc = invoke(scratch, "build", "--target", "twin", "--image", "mini", "--force")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "AWS denied Packer ec2:RunInstances, no AMI registered" in out
-    assert "aws/policy.json" in out
+    assert DENIED[action] in out and action in out
+    if action == "ec2:RunInstances":
+        assert "aws/policy.json" in out
+    assert "TASK [mini :" not in out, "nothing may run on a builder without IMDSv2"
     build_id = build_id_of(out)
     for region in MINI_REGIONS:
         assert build_amis(twin_aws, region, build_id) == []

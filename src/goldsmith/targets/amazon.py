@@ -39,7 +39,7 @@ from .. import base_disk, disk, outputs, tools, vm
 from ..aws import amis, imds, keys, notify, packer_vars, publish, reaper, report, twin
 from ..aws.clients import Aws
 from ..catalogue import AwsSettings
-from ..errors import GoldsmithError, ToolError
+from ..errors import GoldsmithError
 from ..paths import venv_bin
 from .contract import Bake, Plan, SealProof, Source, manifest
 from .local import prove_on_disk
@@ -336,7 +336,9 @@ class Amazon:
         try:
             with guard:
                 yield
-        except ToolError:
+        except GoldsmithError:
+            # Packer failed because the guard stopped it (however Packer's own output
+            # reads, the gate's denial included): the guard's reason is the build's.
             if guard.error is not None:
                 raise guard.failure() from None
             raise
