@@ -35,16 +35,53 @@ build {
     destination = "/tmp/goldsmith-seal.sh"
   }
 
+  # On a cloud target the seal also reads what the machine holds (goldsmith.inventory,
+  # uploaded here), once its self-check has passed: there is no disk to mount before the
+  # AMI exists (see goldsmith.targets.live).
+  provisioner "file" {
+    only        = ["amazon-ebs.aws"]
+    source      = var.aws_inventory_script
+    destination = "/tmp/goldsmith-inventory.py"
+  }
+
   # On a cloud target the seal is the last step over the build's own SSH connection
   # (the qemu source seals in its shutdown_command instead). It ends with its self-check:
   # anything left fails the build here, before the AMI is made. It removes the build's
   # login, so Packer must not try to clean the script up afterwards (the seal removes it).
   provisioner "shell" {
-    only             = ["amazon-ebs.aws"]
-    script           = var.seal_script
-    skip_clean       = true
-    environment_vars = concat(["GOLDSMITH_BUILD_USER=${var.build_user}"], var.aws_seal_environment)
-    execute_command  = "sudo -n sh -c '{{ .Vars }} {{ .Path }}'"
+    only       = ["amazon-ebs.aws"]
+    script     = var.seal_script
+    skip_clean = true
+    environment_vars = concat(
+      ["GOLDSMITH_BUILD_USER=${var.build_user}", "GOLDSMITH_INVENTORY=/tmp/goldsmith-inventory.py"],
+      var.aws_seal_environment,
+    )
+    execute_command = "sudo -n sh -c '{{ .Vars }} {{ .Path }}'"
+  }
+
+  # The sealed machine's inventory, fetched over the build's own connection, then removed
+  # from the builder (the twin's stand-in powers off once it is gone). It lives on /run, a
+  # tmpfs: nothing of it is in the image.
+  provisioner "file" {
+    only        = ["amazon-ebs.aws"]
+    direction   = "download"
+    source      = "/run/goldsmith-inventory/inventory.json"
+    destination = var.aws_inventory_path
+  }
+
+  provisioner "shell" {
+    only            = ["amazon-ebs.aws"]
+    remote_folder   = "/run/goldsmith-inventory"
+    skip_clean      = true
+    execute_command = "sh {{ .Path }}"
+    inline          = ["rm -f /run/goldsmith-inventory/inventory.json"]
+  }
+
+  # The image's CVE gate on that inventory, run here: a failing gate fails the build
+  # before the builder is stopped, so no AMI is made.
+  provisioner "shell-local" {
+    only   = ["amazon-ebs.aws"]
+    inline = [var.aws_inventory_gate_command]
   }
 
   post-processor "manifest" {

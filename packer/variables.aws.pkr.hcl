@@ -147,6 +147,24 @@ variable "aws_imds_gate_command" {
   description = "Packer's first step on the builder, run here: requires IMDSv2 on the instance named by $GOLDSMITH_INSTANCE_ID and waits until it is applied (goldsmith.aws.imds gate). Nothing runs on the builder before it passes."
 }
 
+variable "aws_inventory_script" {
+  type        = string
+  default     = "src/goldsmith/inventory.py"
+  description = "goldsmith's inventory module (standard library only), which the seal runs on the builder after its self-check."
+}
+
+variable "aws_inventory_path" {
+  type        = string
+  default     = "inventory-live.json"
+  description = "Where the builder's inventory is fetched to (the build's work folder)."
+}
+
+variable "aws_inventory_gate_command" {
+  type        = string
+  default     = "echo 'aws_inventory_gate_command is not set: the CVE gate cannot run on the builder inventory' >&2; exit 1"
+  description = "Run here after the inventory is fetched: the image's CVE gate on it (goldsmith.targets.live gate). A failure fails the build before any AMI is made."
+}
+
 variable "aws_wait_delay_seconds" {
   type        = number
   default     = 15

@@ -66,6 +66,9 @@ def ansible_env(root: Path, strategy: str = "linear") -> dict[str, str]:
         "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s "
         "-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no",
         "ANSIBLE_PIPELINING": "True",
+        # The SSH connection's timeout: Ansible's 10 s default is too short for a machine
+        # under emulation on a busy host (a twin kid's first task timed out so).
+        "ANSIBLE_TIMEOUT": "60",
     }
 
 

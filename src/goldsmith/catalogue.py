@@ -32,7 +32,8 @@ needs a key of its own once any key is set, or the copy silently gets the defaul
 `aws.retention: {keep: N, max_age_days: D}` is what `./run aws.prune` retires (both
 positive whole numbers, at least one of them; its --keep/--max-age override them).
 `aws.notify` (or the top-level `notifications: {notify: ...}` for every image) is the
-ARN of an SNS topic that build results (published, failed, pruned) are sent to.
+ARN of an SNS topic or an EventBridge event bus that build results (published, failed,
+pruned) are sent to.
 
 An image shared with other accounts (`share_with`) needs a customer-managed key: they
 cannot launch an AMI encrypted with the owner's default aws/ebs key.
@@ -91,8 +92,16 @@ KMS_KEY_RE = re.compile(
 KMS_ARN_RE = re.compile(r"^(arn:aws[a-z-]*:kms):([a-z0-9-]+):([0-9]{12}):(key|alias)/(.+)$")
 DEFAULT_EBS_ALIAS = "alias/aws/ebs"
 SSM_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
-SNS_TOPIC_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$")
-SNS_TOPIC_RULE = "an SNS topic ARN like 'arn:aws:sns:eu-west-1:123456789012:goldsmith-builds'"
+# Where build results go (goldsmith.aws.notify sends by the ARN's service).
+NOTIFY_RE = re.compile(
+    r"^arn:aws[a-z-]*:(sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}|"
+    r"events:[a-z0-9-]+:[0-9]{12}:event-bus/[A-Za-z0-9._/-]{1,256})$"
+)
+NOTIFY_RULE = (
+    "an SNS topic ARN like 'arn:aws:sns:eu-west-1:123456789012:goldsmith-builds' or an "
+    "EventBridge event bus ARN like "
+    "'arn:aws:events:eu-west-1:123456789012:event-bus/goldsmith-builds'"
+)
 RETENTION_KEYS = ("keep", "max_age_days")
 
 
@@ -155,7 +164,7 @@ class AwsSettings:
     # {region: KMS key} for every region, or {} for each region's default aws/ebs key.
     kms_key_ids: dict[str, str] = field(default_factory=dict)
     retention: Retention | None = None
-    notify: str = ""  # SNS topic ARN for build results ("": none)
+    notify: str = ""  # SNS topic or EventBridge event bus ARN for build results ("": none)
 
     def kms_key_for(self, region: str) -> str:
         """The KMS key for volumes and copies in `region` ("" is the default aws/ebs key)."""
@@ -869,9 +878,7 @@ def _aws(v: _Validator, image: str, n: _Node, layered: bool = False) -> AwsSetti
         _check_shareable(v, node("share_with"), node("kms_key_id"), share_with, kms)
     spot = v.boolean(n_) if (n_ := node("spot")) is not None else False
     retention = _retention(v, n_) if (n_ := node("retention")) is not None else None
-    notify = (
-        v.string(n_, SNS_TOPIC_RE, SNS_TOPIC_RULE) if (n_ := node("notify")) is not None else ""
-    )
+    notify = v.string(n_, NOTIFY_RE, NOTIFY_RULE) if (n_ := node("notify")) is not None else ""
     if len(v.problems) > before:
         return None
     return AwsSettings(
@@ -916,11 +923,12 @@ def _retention(v: _Validator, n: _Node) -> Retention | None:
 
 
 def _notifications(v: _Validator, n: _Node) -> str:
-    """The top-level `notifications:` section: {notify: <SNS topic ARN>} for every image."""
+    """The top-level `notifications:` section: {notify: <SNS topic or event bus ARN>} for
+    every image."""
     entries = v.mapping(n, required=("notify",), what="a mapping with 'notify'")
     if not entries or "notify" not in entries:
         return ""
-    return v.string(entries["notify"][1], SNS_TOPIC_RE, SNS_TOPIC_RULE) or ""
+    return v.string(entries["notify"][1], NOTIFY_RE, NOTIFY_RULE) or ""
 
 
 KMS_RULE = "a KMS key id, alias/<name>, multi-region key mrk-<id> or key ARN"

@@ -1,8 +1,13 @@
 """What changed between two builds of an image, from their inventories (`inventory.collect`).
 
-`diff(old, new)` compares kind by kind (packages, kernels, units, sockets, users, groups,
-SUID/SGID files, files under etc/); a package whose version changed is an upgrade or a
-downgrade by Debian's version ordering (epochs, `~`, revisions), not by string order.
+`diff(old, new)` compares kind by kind (packages, kernels, units, masked units, sockets,
+ports listening on the live machine, users, groups, SUID/SGID files, files under etc/); a
+package whose version changed is an upgrade or a downgrade by Debian's version ordering
+(epochs, `~`, revisions), not by string order.
+
+Inventories of format 1 (before `masked` and `listening`) compare too: a missing kind is
+empty. `listening` is compared only when both sides have it (an inventory taken without
+the live machine has none, which says nothing about its ports).
 """
 
 from __future__ import annotations
@@ -20,12 +25,19 @@ KINDS = {
     "packages": "Packages",
     "kernels": "Kernels",
     "units": "Enabled units",
+    "masked": "Masked units",
     "sockets": "Listening sockets",
+    "listening": "Ports listening on the live machine",
     "users": "Users",
     "groups": "Groups",
     "setid": "SUID/SGID files",
     "etc": "Files under /etc",
 }
+
+
+# What an added and a removed entry of a kind are called, where not "added" and "removed".
+VERBS = {"masked": ("masked", "unmasked"), "listening": ("opened", "closed")}
+ONLY_WHEN_BOTH = ("listening",)  # kinds compared only when both inventories record them
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,9 @@ class Diff:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable: {kind: {added, removed, changed: {key: {old, new}}}}, plus
-        `upgraded` and `downgraded` for packages; kinds without changes are left out."""
+        `upgraded` and `downgraded` for packages, and the keys added and removed under the
+        kind's own words (VERBS: masked and unmasked units, opened and closed ports);
+        kinds without changes are left out."""
         out: dict[str, Any] = {}
         for kind, s in self.sections.items():
             if s.empty:
@@ -80,6 +94,9 @@ class Diff:
                 "removed": s.removed,
                 "changed": {k: {"old": o, "new": n} for k, (o, n) in s.changed.items()},
             }
+            if kind in VERBS:
+                added, removed = VERBS[kind]
+                out[kind] |= {added: list(s.added), removed: list(s.removed)}
         if "packages" in out:
             out["packages"]["upgraded"] = {k: list(v) for k, v in self.upgraded.items()}
             out["packages"]["downgraded"] = {k: list(v) for k, v in self.downgraded.items()}
@@ -100,11 +117,12 @@ class Diff:
             if s is None or s.empty:
                 continue
             lines = self._lines(kind, s)
+            added, removed = VERBS.get(kind, ("added", "removed"))
             counts = ", ".join(
                 f"{n} {word}"
                 for n, word in (
-                    (len(s.added), "added"),
-                    (len(s.removed), "removed"),
+                    (len(s.added), added),
+                    (len(s.removed), removed),
                     (len(s.changed), "changed"),
                 )
                 if n
@@ -119,8 +137,9 @@ class Diff:
 
     def _lines(self, kind: str, s: Section) -> list[str]:
         show = _SHOW.get(kind, _show_plain)
-        lines = [f"- added `{k}`{show(v)}" for k, v in s.added.items()]
-        lines += [f"- removed `{k}`{show(v)}" for k, v in s.removed.items()]
+        added, removed = VERBS.get(kind, ("added", "removed"))
+        lines = [f"- {added} `{k}`{show(v)}" for k, v in s.added.items()]
+        lines += [f"- {removed} `{k}`{show(v)}" for k, v in s.removed.items()]
         if kind == "packages":
             up, down = self.upgraded, self.downgraded
             for key, (old, new) in s.changed.items():
@@ -138,6 +157,9 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> Diff:
     """The changes from inventory `old` to inventory `new`."""
     sections = {}
     for kind in KINDS:
+        if kind in ONLY_WHEN_BOTH and (kind not in old or kind not in new):
+            sections[kind] = Section()
+            continue
         a, b = _keyed(kind, old.get(kind)), _keyed(kind, new.get(kind))
         sections[kind] = Section(
             added={k: b[k] for k in sorted(b.keys() - a.keys())},
@@ -151,13 +173,23 @@ def _keyed(kind: str, value: Any) -> dict[str, Any]:
     """An inventory's kind as a mapping, so lists compare by what identifies an entry."""
     if value is None:
         return {}
-    if kind == "kernels":
+    if kind in ("kernels", "masked"):
         return {v: v for v in value}
     if kind == "sockets":
         return {f"{s['unit']} {s['type']} {s['listen']}": s for s in value}
+    if kind == "listening":
+        return {_endpoint(s): s["process"] for s in value}
     if kind == "setid":
         return {s["path"]: {k: v for k, v in s.items() if k != "path"} for s in value}
     return dict(value)
+
+
+def _endpoint(socket: dict[str, Any]) -> str:
+    """A listener as `tcp 0.0.0.0:22`, `tcp6 [::]:80` or `unix /run/x.sock`."""
+    address, port = socket["address"], socket.get("port")
+    if port is None:
+        return f"{socket['proto']} {address}"
+    return f"{socket['proto']} {f'[{address}]' if ':' in address else address}:{port}"
 
 
 def _show_plain(value: Any) -> str:
@@ -170,7 +202,9 @@ _SHOW = {
     "packages": lambda p: f" {p['version']}",
     "units": lambda u: f" ({', '.join(u['wanted_by'])})",
     "kernels": lambda v: "",
+    "masked": lambda v: "",
     "sockets": lambda s: "",
+    "listening": lambda process: f" ({process})" if process else "",
     "etc": lambda h: f" {h}" if h.startswith("->") else "",
 }
 

@@ -1,5 +1,8 @@
 """What an image holds, read from its mounted root filesystem without running any of it.
 
+Standard library only, and nothing of the goldsmith package: this file is also copied
+alone to a build machine and loaded there by path.
+
 `collect(mnt)` returns one JSON-serialisable mapping, every part sorted, so two
 inventories of the same disk are equal and two of different builds can be compared
 (`imagediff`), turned into an SBOM (`sbom`) or checked against security data (`cvegate`):
@@ -11,12 +14,19 @@ inventories of the same disk are equal and two of different builds can be compar
     units       {unit: {wanted_by: [<target>.wants | <target>.requires, ...], file}}, the
                 units enabled under etc/systemd/system; file is the unit file's path in
                 the image ("" when it cannot be found)
-    sockets     [{unit, type: stream | datagram, listen}] of the enabled *.socket units
+    masked      [unit, ...]: the units masked under etc/systemd/system (links to /dev/null)
+    sockets     [{unit, type, listen}] of the enabled *.socket units; type names the
+                Listen*= setting: stream, datagram, sequential-packet, fifo, netlink,
+                special, message-queue, usb-function
     users       {name: {uid, gid, home, shell}}
     groups      {name: {gid, members: [...]}}
     setid       [{path, mode, owner, group}]: SUID/SGID files; mode in octal ("4755")
     kernels     versions of boot/vmlinuz-*
     etc         {path: sha256 | "-> target"} of every regular file and symlink under etc/
+    listening   only with `collect(mnt, live=True)`, on a running machine: `live_listeners`
+                of mnt/proc, the sockets really listening (see there)
+
+Format 1 had neither `masked` nor `listening`; a reader takes a missing key as empty.
 
 Symlinks in an image are paths of the image: they are resolved against `mnt`, never
 against the host's `/`. The SUID walk follows no symlink and stays on the root's
@@ -26,31 +36,46 @@ filesystem (proc, sys, dev and run are skipped outright).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import stat
+import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "collect"]
+__all__ = ["FORMAT", "collect", "live_listeners"]
 
-FORMAT = 1
+FORMAT = 2
 
 _UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
 _SKIP_TOP = {"proc", "sys", "dev", "run"}
 _MAX_LINKS = 40
+# The Listen*= settings of a [Socket] section, and the `type` a socket entry names them by.
+_LISTEN_TYPES = {
+    "ListenStream": "stream",
+    "ListenDatagram": "datagram",
+    "ListenSequentialPacket": "sequential-packet",
+    "ListenFIFO": "fifo",
+    "ListenNetlink": "netlink",
+    "ListenSpecial": "special",
+    "ListenMessageQueue": "message-queue",
+    "ListenUSBFunction": "usb-function",
+}
 
 
-def collect(mnt: Path) -> dict[str, Any]:
-    """The inventory of the root filesystem mounted at `mnt` (see the module docstring)."""
+def collect(mnt: Path, live: bool = False) -> dict[str, Any]:
+    """The inventory of the root filesystem mounted at `mnt` (see the module docstring);
+    with `live`, `mnt` is a running machine's root and its listening sockets are added."""
     mnt = Path(mnt)
     users = _users(mnt)
     groups = _groups(mnt)
     units = _units(mnt)
-    return {
+    found = {
         "format": FORMAT,
         "os": _os_release(mnt),
         "packages": _packages(mnt),
         "units": units,
+        "masked": _masked(mnt),
         "sockets": _sockets(mnt, units),
         "users": users,
         "groups": groups,
@@ -58,6 +83,9 @@ def collect(mnt: Path) -> dict[str, Any]:
         "kernels": _kernels(mnt),
         "etc": _etc(mnt),
     }
+    if live:
+        found["listening"] = live_listeners(mnt / "proc")
+    return found
 
 
 def _resolve(mnt: Path, path: str) -> str | None:
@@ -176,6 +204,20 @@ def _units(mnt: Path) -> dict[str, dict[str, Any]]:
     return dict(sorted(units.items()))
 
 
+def _masked(mnt: Path) -> list[str]:
+    """The units masked in etc/systemd/system: their file there is a link to /dev/null."""
+    base = mnt / "etc/systemd/system"
+    if not base.is_dir() or base.is_symlink():
+        return []
+    return sorted(
+        link.name
+        for link in base.iterdir()
+        if link.is_symlink()
+        and "." in link.name
+        and _resolve(mnt, f"/etc/systemd/system/{link.name}") == "/dev/null"
+    )
+
+
 def _unit_file(mnt: Path, unit: str, linked_from: str = "") -> str:
     """The image path of the file that defines `unit`, as systemd would find it, or ""."""
     names = [unit]
@@ -216,13 +258,13 @@ def _sockets(mnt: Path, units: dict[str, dict[str, Any]]) -> list[dict[str, str]
                     section = line
                     continue
                 key, sep, value = line.partition("=")
-                kind = {"ListenStream": "stream", "ListenDatagram": "datagram"}.get(key.strip())
+                kind = _LISTEN_TYPES.get(key.strip())
                 if section != "[Socket]" or not sep or kind is None:
                     continue
                 if value.strip():
                     listen.append((kind, value.strip()))
-                else:
-                    listen = [item for item in listen if item[0] != kind]
+                else:  # systemd: an empty Listen*= of any kind resets them all
+                    listen = []
         sockets += [{"unit": unit, "type": t, "listen": v} for t, v in listen]
     return sorted(sockets, key=lambda s: (s["unit"], s["type"], s["listen"]))
 
@@ -334,3 +376,89 @@ def _etc(mnt: Path) -> dict[str, str]:
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# /proc/net/tcp's `st` of a listening socket (TCP_LISTEN), and of a UDP socket that is
+# bound but connected to no peer (TCP_CLOSE, which UDP reuses).
+_TCP_LISTEN = "0A"
+_UDP_UNCONNECTED = "07"
+_UNIX_ACCEPTCON = 0x10000  # /proc/net/unix's Flags bit of a listening socket
+_UNIX_TYPES = {"0001": "unix", "0002": "unix-dgram", "0005": "unix-seqpacket"}
+
+
+def live_listeners(proc: Path = Path("/proc")) -> list[dict[str, Any]]:
+    """The sockets a running machine listens on, read from its `proc` (a /proc).
+
+    TCP sockets in the LISTEN state and UDP sockets bound to a port and connected to no
+    peer (net/tcp, tcp6, udp, udp6), and unix sockets with a path in the filesystem that
+    listen (stream, seqpacket) or are bound (datagram) (net/unix). Each is {proto (the
+    file's name: tcp, tcp6, udp, udp6; unix, unix-dgram, unix-seqpacket), address, port
+    (None for unix), process}: process is the `comm` of the lowest pid holding the socket
+    (proc/<pid>/fd), "" when no readable process holds it. Sorted, without repeats.
+    """
+    proc = Path(proc)
+    found: list[tuple[str, str, int | None, str]] = []
+    for proto, state in (("tcp", _TCP_LISTEN), ("udp", _UDP_UNCONNECTED)):
+        for suffix in ("", "6"):
+            for fields in _proc_table(proc / "net" / f"{proto}{suffix}"):
+                if len(fields) < 10 or fields[3] != state:
+                    continue
+                address, port = _proc_address(fields[1])
+                if port:  # port 0: an unbound UDP socket
+                    found.append((proto + suffix, address, port, fields[9]))
+    for fields in _proc_table(proc / "net/unix", 7):
+        if len(fields) < 8 or not fields[7].startswith("/") or fields[4] not in _UNIX_TYPES:
+            continue
+        listening = int(fields[3], 16) & _UNIX_ACCEPTCON
+        if listening or _UNIX_TYPES[fields[4]] == "unix-dgram":
+            found.append((_UNIX_TYPES[fields[4]], fields[7], None, fields[6]))
+    owners = _socket_owners(proc) if found else {}
+    rows = {(p, a, port, owners.get(inode, "")) for p, a, port, inode in found}
+    return [
+        {"proto": p, "address": a, "port": port, "process": comm}
+        for p, a, port, comm in sorted(rows, key=lambda r: (r[0], r[1], r[2] or 0, r[3]))
+    ]
+
+
+def _proc_table(path: Path, maxsplit: int = -1) -> list[list[str]]:
+    """The rows of a /proc/net table, split on white space, its heading left out."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        return []
+    return [line.split(None, maxsplit) for line in lines if line.strip()]
+
+
+def _proc_address(field: str) -> tuple[str, int]:
+    """(address, port) of /proc/net/tcp's `0100007F:0016` (the address in 32-bit words of
+    the host's byte order, the port in hex), IPv4 or IPv6."""
+    hex_address, _, hex_port = field.partition(":")
+    raw = b"".join(
+        struct.pack("=I", int(hex_address[i : i + 8], 16)) for i in range(0, len(hex_address), 8)
+    )
+    address = ipaddress.ip_address(raw)
+    mapped = getattr(address, "ipv4_mapped", None)  # written alike by every Python
+    return (f"::ffff:{mapped}" if mapped else str(address)), int(hex_port, 16)
+
+
+def _socket_owners(proc: Path) -> dict[str, str]:
+    """{socket inode: comm of the lowest pid with it open}, from proc/<pid>/fd."""
+    owners: dict[str, str] = {}
+    try:
+        pids = sorted((int(p.name) for p in proc.iterdir() if p.name.isdigit()), reverse=True)
+    except OSError:
+        return owners
+    for pid in pids:  # highest first: the lowest pid's name is written last
+        try:
+            fds = list((proc / str(pid) / "fd").iterdir())
+            comm = (proc / str(pid) / "comm").read_text().strip()
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target.endswith("]"):
+                owners[target[8:-1]] = comm
+    return owners

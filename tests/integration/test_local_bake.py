@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    CVE_TRACKER,
     ROOT,
     add_kid_image,
     add_mini_image,
@@ -329,22 +330,6 @@ def test_a_layered_image_bakes_from_its_parents_proven_build_and_is_proven_whole
 
 # The tracker data of Debian's security tracker (its JSON's shape), written for the test:
 # base-files, which every image has, with a fixed high-urgency issue it does not have.
-TRACKER = {
-    "base-files": {
-        "CVE-2099-0002": {
-            "description": "a test issue",
-            "scope": "local",
-            "releases": {
-                "bookworm": {
-                    "status": "resolved",
-                    "fixed_version": "99",
-                    "urgency": "high",
-                    "repositories": {"bookworm": "99"},
-                }
-            },
-        }
-    }
-}
 ALLOW = (
     "      allow:\n        - {id: CVE-2099-0002, package: base-files, "
     'reason: "the test accepts it", expires: 2099-12-31}\n'
@@ -367,7 +352,7 @@ def test_a_role_change_shows_in_diff_and_the_cve_gate_stops_a_bake(mini_project:
             '    dest: /etc/kid-note\n    content: "noted\\n"\n    mode: "0644"\n'
         )
     (mini_project / "security").mkdir()
-    (mini_project / "security/tracker.json").write_text(json.dumps(TRACKER))
+    (mini_project / "security/tracker.json").write_text(json.dumps(CVE_TRACKER))
     catalogue = mini_project / "images.yml"
     policy = "    vulnerabilities:\n      tracker: security/tracker.json\n      fail_on: high\n"
     text = catalogue.read_text()

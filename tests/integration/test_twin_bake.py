@@ -17,7 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, add_kid_image, add_mini_image, invoke, qemu_processes, runnable
+from conftest import (
+    CVE_TRACKER,
+    ROOT,
+    add_kid_image,
+    add_mini_image,
+    invoke,
+    qemu_processes,
+    runnable,
+)
 
 from goldsmith.aws import amis, buildspec, reaper, ssm, twin
 from goldsmith.aws.clients import Aws
@@ -237,6 +245,10 @@ def test_buildspec_bakes_a_layered_pair_on_the_twin_and_publishes_it(
     for manifest in (mini, kid):
         build_id, image = manifest["build_id"], manifest["image"]
         assert not manifest.get("reused") and manifest["specs"]["hygiene"]["passed"] > 0
+        # The seal read the inventory on the builder (as on EC2, where no disk can be
+        # mounted), and the twin found it equal to the stand-in's sealed disk's.
+        assert manifest["inventory"]["read"].endswith("the seal's read on the builder matches it")
+        assert manifest["inventory"]["packages"] == len(manifest["packages"]) > 100
         assert sorted(manifest["amis"]) == sorted(settings.regions)
         # Packer 1.6.6 cannot ask for IMDSv2; the guard required it on the (now gone)
         # builder, and Packer's first step, the gate, found it applied there.
@@ -285,6 +297,41 @@ def test_buildspec_bakes_a_layered_pair_on_the_twin_and_publishes_it(
         assert vm_leftovers(scratch, build_id) == []
     # The parent baked first (its build id's time is earlier), though named second.
     assert mini["build_id"].split("-")[1] <= kid["build_id"].split("-")[1]
+
+
+def test_the_cve_gate_fails_on_the_builder_and_registers_no_ami(
+    scratch: Path, twin_aws: Aws
+) -> None:
+    """On EC2 no disk can be mounted, so the seal reads the inventory on the builder and
+    the CVE gate runs on it before the AMI is made. kid gets a policy whose tracker marks
+    base-files fixed in a version it does not have: Packer fails at the gate, naming both,
+    and no AMI, instance or VM is left. mini, as the test above made it, is reused."""
+    add_mini_image(
+        scratch,
+        "def test_marker_says_hello(host):\n"
+        "    assert host.file('/etc/mini').content_string == 'hello\\n'\n",
+        targets=("local", "twin"),
+    )
+    add_kid_image(scratch, targets=("local", "twin"), share_with=("111122223333",))
+    (scratch / "security").mkdir()
+    (scratch / "security/tracker.json").write_text(json.dumps(CVE_TRACKER))
+    catalogue = scratch / "images.yml"
+    kid = "    playbook: playbooks/kid.yml\n"
+    policy = "    vulnerabilities:\n      tracker: security/tracker.json\n      fail_on: high\n"
+    catalogue.write_text(catalogue.read_text().replace(kid, kid + policy, 1))
+    proc = invoke(scratch, "build", "--target", "twin", "--image", "kid")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "the CVE gate failed" in out and "no AMI registered" in out
+    assert "CVE-2099-0002 in base-files" in out
+    # It failed in Packer, at the gate step on the inventory the seal read (not after).
+    assert "goldsmith-seal: inventory read" in out
+    build_id = build_id_of(out)
+    for region in MINI_REGIONS:
+        assert build_amis(twin_aws, region, build_id) == [], f"an AMI is left in {region}"
+        assert leftovers(twin_aws, region, build_id, "kid") == []
+    assert not (scratch / "build/kid/twin/manifest.json").exists()
+    assert vm_leftovers(scratch, build_id) == []
 
 
 # Each removed where it first bites: Packer's launch, and goldsmith's IMDSv2 change on the

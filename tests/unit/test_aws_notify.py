@@ -73,11 +73,119 @@ def _gone() -> Aws:
     raise GoldsmithError("the AWS twin is not running")
 
 
-def test_the_ci_role_may_publish_only_to_goldsmith_topics(
-    aws: Aws, as_policy: Callable[[dict[str, Any]], Aws], repo_policy: Callable[..., dict]
+# --- EventBridge -------------------------------------------------------------------------------
+
+
+def bus_to_queue(aws: Aws, name: str = "goldsmith-builds") -> tuple[str, Callable[[], list]]:
+    """An event bus whose rule sends goldsmith's events to an SQS queue; (bus ARN, a reader
+    of the events that arrived)."""
+    events, sqs = aws.client("events", WEST), aws.client("sqs", WEST)
+    bus = events.create_event_bus(Name=name)["EventBusArn"]
+    queue = sqs.create_queue(QueueName="bus-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]
+    events.put_rule(
+        Name="goldsmith-results", EventBusName=name, EventPattern='{"source": ["goldsmith"]}'
+    )
+    events.put_targets(
+        Rule="goldsmith-results",
+        EventBusName=name,
+        Targets=[{"Id": "queue", "Arn": arn["QueueArn"]}],
+    )
+
+    def received() -> list[dict[str, Any]]:
+        got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(m["Body"]) for m in got]
+
+    return bus, received
+
+
+def test_an_event_bus_gets_each_result_with_its_detail_type(aws: Aws) -> None:
+    bus, received = bus_to_queue(aws)
+    assert bus.startswith("arn:aws:events:eu-west-1:") and bus.endswith(
+        ":event-bus/goldsmith-builds"
+    )
+    event = notify.Event("published", "web", "web-1", {WEST: "ami-1"}, "published")
+    assert notify.send(aws, bus, event)
+    try:
+        raise GoldsmithError("web: 2 specs failed")
+    except GoldsmithError:
+        assert notify.build_failed(lambda: aws, bus, "web", "web-2", "twin build in eu-west-1")
+    assert notify.send(aws, bus, notify.Event("pruned", "web", "web-0", {WEST: "ami-0"}, "old"))
+    got = received()
+    assert [(e["source"], e["detail-type"]) for e in got] == [
+        ("goldsmith", "goldsmith image published"),
+        ("goldsmith", "goldsmith build failed"),
+        ("goldsmith", "goldsmith images pruned"),
+    ]
+    published, failed, pruned = (e["detail"] for e in got)
+    # The detail is the message SNS subscribers get.
+    assert published == event.message() | {"at": published["at"]}
+    assert published["regions"] == {WEST: "ami-1"} and published["event"] == "published"
+    assert failed["reason"] == "twin build in eu-west-1: web: 2 specs failed"
+    assert pruned["build_id"] == "web-0" and pruned["event"] == "pruned"
+
+
+def test_a_missing_bus_or_a_refused_event_is_a_warning(
+    aws: Aws, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    topic, received = subscribed_queue(aws)
+    missing = "arn:aws:events:eu-west-1:123456789012:event-bus/goldsmith-nobody"
+    assert not notify.send(aws, missing, notify.Event("pruned", "web", "web-1"))
+    assert f"warning: pruned of web-1 not sent to {missing}" in capsys.readouterr().out
+    # AWS answers 200 for an entry it refused; the entry says why.
+    bus, received = bus_to_queue(aws)
+    refused = {
+        "FailedEntryCount": 1,
+        "Entries": [{"ErrorCode": "InternalFailure", "ErrorMessage": "try again"}],
+    }
+    monkeypatch.setattr(aws.client("events", WEST).raw, "put_events", lambda **_: refused)
+    assert not notify.send(aws, bus, notify.Event("failed", "web", "web-2"))
+    out = capsys.readouterr().out
+    assert f"warning: failed of web-2 not sent to {bus}: " in out
+    assert "EventBridge refused the event (InternalFailure): try again" in out
+    assert received() == []
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "arn:aws:events:eu-west-1:123456789012:rule/goldsmith",
+        "arn:aws:events:eu-west-1:123456789012:event-bus/",
+        "arn:aws:sqs:eu-west-1:123456789012:goldsmith",
+        "goldsmith-builds",
+    ],
+)
+def test_a_target_that_is_neither_a_topic_nor_a_bus_is_a_warning(
+    aws: Aws, arn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert not notify.send(aws, arn, notify.Event("pruned", "web", "web-1"))
+    assert "neither an SNS topic ARN nor an EventBridge event bus ARN" in capsys.readouterr().out
+
+
+def _detail(event: dict[str, Any]) -> dict[str, Any]:
+    return event["detail"]
+
+
+@pytest.mark.parametrize(
+    ("target", "message", "action", "resource"),
+    [
+        (subscribed_queue, dict, "sns:Publish", "arn:aws:sns:*:*:goldsmith-*"),
+        (bus_to_queue, _detail, "events:PutEvents", "arn:aws:events:*:*:event-bus/goldsmith*"),
+    ],
+)
+def test_the_ci_role_may_send_only_to_goldsmith_topics_and_buses(
+    aws: Aws,
+    as_policy: Callable[[dict[str, Any]], Aws],
+    repo_policy: Callable[..., dict],
+    target: Callable[[Aws], tuple[str, Callable[[], list]]],
+    message: Callable[[dict[str, Any]], dict[str, Any]],
+    action: str,
+    resource: str,
+) -> None:
+    arn, received = target(aws)
     event = notify.Event("pruned", "web", "web-1", {r: "ami-1" for r in REGIONS}, "old")
-    assert notify.send(as_policy(repo_policy()), topic, event)
-    assert received()[0]["regions"] == {r: "ami-1" for r in REGIONS}
-    assert not notify.send(as_policy(repo_policy(without="sns:Publish")), topic, event)
+    assert notify.send(as_policy(repo_policy()), arn, event)
+    assert message(received()[0])["regions"] == {r: "ami-1" for r in REGIONS}
+    assert not notify.send(as_policy(repo_policy(without=action)), arn, event)
+    # The statement names goldsmith's own only (moto decides by action; AWS by resource).
+    [statement] = [s for s in repo_policy()["Statement"] if action in s["Action"]]
+    assert statement["Resource"] == resource

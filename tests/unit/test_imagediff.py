@@ -141,3 +141,83 @@ def test_json_names_upgrades_and_downgrades() -> None:
     assert list(data["packages"]["downgraded"]) == ["tzdata"]
     assert data["packages"]["changed"]["vim"]["new"]["version"] == "2:10.0-1"
     assert "os" not in data and "format" not in data
+
+
+def _v2(**kinds: Any) -> dict[str, Any]:
+    """OLD as a format 2 inventory: masked units, and the live machine's listeners."""
+    inv = copy.deepcopy(OLD) | {"format": 2, "masked": ["apt-daily.timer", "rpcbind.socket"]}
+    inv["listening"] = [
+        {"proto": "tcp", "address": "0.0.0.0", "port": 22, "process": "sshd"},
+        {"proto": "tcp6", "address": "::", "port": 22, "process": "sshd"},
+        {"proto": "udp", "address": "0.0.0.0", "port": 68, "process": "dhclient"},
+        {"proto": "unix", "address": "/run/app.sock", "port": None, "process": "app"},
+    ]
+    return inv | kinds
+
+
+def test_masked_and_unmasked_units_in_markdown_and_json() -> None:
+    new = _v2(masked=["apt-daily.timer", "systemd-networkd.service"])
+    d = imagediff.diff(_v2(), new)
+    s = d.sections["masked"]
+    assert (list(s.added), list(s.removed)) == (["systemd-networkd.service"], ["rpcbind.socket"])
+    md = d.to_markdown("base")
+    assert "### Masked units (1 masked, 1 unmasked)\n" in md
+    assert "- masked `systemd-networkd.service`\n" in md
+    assert "- unmasked `rpcbind.socket`\n" in md
+    data = json.loads(d.to_json())["masked"]
+    assert data["masked"] == ["systemd-networkd.service"]
+    assert data["unmasked"] == ["rpcbind.socket"]
+
+
+def test_sockets_of_the_new_listen_types_are_compared() -> None:
+    new = _v2()
+    new["sockets"] = [
+        {"unit": "ssh.socket", "type": "stream", "listen": "22"},
+        {"unit": "uevent.socket", "type": "netlink", "listen": "kobject-uevent 1"},
+        {"unit": "app.socket", "type": "fifo", "listen": "/run/app.fifo"},
+    ]
+    d = imagediff.diff(_v2(), new)
+    assert list(d.sections["sockets"].added) == [
+        "app.socket fifo /run/app.fifo",
+        "uevent.socket netlink kobject-uevent 1",
+    ]
+    md = d.to_markdown("base")
+    assert "- added `uevent.socket netlink kobject-uevent 1`\n" in md
+    added = json.loads(d.to_json())["sockets"]["added"]
+    assert added["app.socket fifo /run/app.fifo"]["type"] == "fifo"
+
+
+def test_listening_ports_opened_closed_and_changed_owner() -> None:
+    new = _v2()
+    new["listening"] = [
+        {"proto": "tcp", "address": "0.0.0.0", "port": 22, "process": "systemd"},  # now a socket
+        {"proto": "tcp6", "address": "::", "port": 80, "process": "nginx"},
+        {"proto": "udp", "address": "0.0.0.0", "port": 68, "process": "dhclient"},
+    ]
+    d = imagediff.diff(_v2(), new)
+    s = d.sections["listening"]
+    assert list(s.added) == ["tcp6 [::]:80"]
+    assert list(s.removed) == ["tcp6 [::]:22", "unix /run/app.sock"]
+    assert s.changed == {"tcp 0.0.0.0:22": ("sshd", "systemd")}
+    md = d.to_markdown("web")
+    assert "### Ports listening on the live machine (1 opened, 2 closed, 1 changed)\n" in md
+    assert "- opened `tcp6 [::]:80` (nginx)\n" in md
+    assert "- closed `unix /run/app.sock` (app)\n" in md
+    assert "- changed `tcp 0.0.0.0:22` sshd → systemd\n" in md
+    data = json.loads(d.to_json())["listening"]
+    assert data["opened"] == ["tcp6 [::]:80"]
+    assert data["closed"] == ["tcp6 [::]:22", "unix /run/app.sock"]
+    assert data["changed"]["tcp 0.0.0.0:22"] == {"old": "sshd", "new": "systemd"}
+
+
+def test_a_format_1_inventory_compares_with_a_format_2_one() -> None:
+    """Format 1 has no `masked` and no `listening`: a missing kind is empty, and ports are
+    compared only when both sides recorded them."""
+    new = _v2()
+    d = imagediff.diff(OLD, new)
+    assert list(d.sections["masked"].added) == ["apt-daily.timer", "rpcbind.socket"]
+    assert d.sections["listening"].empty
+    assert imagediff.diff(new, OLD).sections["listening"].empty
+    assert "listening" not in json.loads(d.to_json())
+    assert "Ports listening" not in d.to_markdown("base")
+    assert imagediff.diff(OLD, copy.deepcopy(OLD)).empty

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,3 +238,192 @@ def test_an_empty_root_gives_an_empty_inventory(tmp_path: Path) -> None:
     inv = inventory.collect(tmp_path)
     assert inv["packages"] == {} and inv["units"] == {} and inv["setid"] == []
     assert inv["os"] == {"id": "", "version_id": "", "codename": ""}
+
+
+def test_masked_units_are_the_links_to_dev_null(root: Path, tmp_path: Path) -> None:
+    etc_units = root / "etc/systemd/system"
+    _link(etc_units / "apt-daily.timer", "/dev/null")
+    _link(etc_units / "rpcbind.socket", "../../../dev/null")  # relative, as systemctl may write
+    _link(etc_units / "getty@tty2.service", "/dev/null")
+    _link(etc_units / "dbus-org.freedesktop.timesync1.service", "/lib/systemd/system/cron.service")
+    _write(etc_units / "local.service", "[Service]\nExecStart=/bin/true\n")
+    _link(etc_units / "multi-user.target.wants/bad.service", "/dev/null")  # not a mask
+    inv = inventory.collect(root)
+    assert inv["masked"] == ["apt-daily.timer", "getty@tty2.service", "rpcbind.socket"]
+    (tmp_path / "empty").mkdir()
+    assert inventory.collect(tmp_path / "empty")["masked"] == []
+
+
+ALL_KINDS_SOCKET = """\
+[Socket]
+ListenStream=/run/app.sock
+ListenDatagram=514
+ListenSequentialPacket=/run/app.seq
+ListenFIFO=/run/app.fifo
+ListenNetlink=kobject-uevent 1
+ListenSpecial=/proc/kmsg
+ListenMessageQueue=/app-queue
+ListenUSBFunction=/dev/usb-ffs/app
+Service=app.service
+"""
+
+
+def test_every_kind_of_listen_setting_is_recorded_with_its_type(root: Path) -> None:
+    _write(root / "usr/lib/systemd/system/app.socket", ALL_KINDS_SOCKET)
+    _link(
+        root / "etc/systemd/system/sockets.target.wants/app.socket",
+        "/lib/systemd/system/app.socket",
+    )
+    app = [
+        (s["type"], s["listen"])
+        for s in inventory.collect(root)["sockets"]
+        if s["unit"] == "app.socket"
+    ]
+    assert app == [
+        ("datagram", "514"),
+        ("fifo", "/run/app.fifo"),
+        ("message-queue", "/app-queue"),
+        ("netlink", "kobject-uevent 1"),
+        ("sequential-packet", "/run/app.seq"),
+        ("special", "/proc/kmsg"),
+        ("stream", "/run/app.sock"),
+        ("usb-function", "/dev/usb-ffs/app"),
+    ]
+    # As in systemd, an empty Listen*= of any kind resets all of them.
+    _write(
+        root / "etc/systemd/system/app.socket.d/only-fifo.conf",
+        "[Socket]\nListenFIFO=\nListenFIFO=/run/other.fifo\n",
+    )
+    app = [s for s in inventory.collect(root)["sockets"] if s["unit"] == "app.socket"]
+    assert app == [{"unit": "app.socket", "type": "fifo", "listen": "/run/other.fifo"}]
+
+
+# /proc/net tables as a little-endian kernel writes them (longer lines than ours): addresses
+# in 32-bit words of the host's byte order, ports in hex. States: 0A LISTEN, 01 ESTABLISHED,
+# 06 TIME_WAIT, 07 CLOSE.
+PROC_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   105        0 101 1 0000000000000000 100 0 0 10 0
+   2: 0500000A:0016 0900000A:C738 01 00000000:00000000 02:000A7B1F 00000000     0        0 200 4 0000000000000000 20 4 31 10 -1
+"""  # noqa: E501 (the lines as the kernel writes them)
+PROC_TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000    33        0 102 1 0000000000000000 100 0 0 10 0
+   1: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 103 1 0000000000000000 100 0 0 10 0
+   2: 0000000000000000FFFF00000100007F:0277 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 100 0 0 10 0
+   3: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:D2F0 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000
+"""  # noqa: E501 (the lines as the kernel writes them)
+PROC_UDP = """\
+   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  220: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 104 2 0000000000000000 0
+  301: 0500000A:A1B2 08080808:0035 01 00000000:00000000 00:00000000 00000000   100        0 201 2 0000000000000000 0
+  302: 00000000:0000 00000000:0000 07 00000000:00000000 00:00000000 00000000   100        0 202 2 0000000000000000 0
+"""  # noqa: E501 (the lines as the kernel writes them)
+PROC_UDP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  546: 000080FE00000000FF005450563412FE:0222 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 105 2 0000000000000000 0
+"""  # noqa: E501 (the lines as the kernel writes them)
+PROC_UNIX = """\
+Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 106 /run/systemd/private
+0000000000000000: 00000002 00000000 00000000 0002 01 107 /run/systemd/journal/socket
+0000000000000000: 00000002 00000000 00010000 0001 01 108 @/tmp/.X11-unix/X0
+0000000000000000: 00000003 00000000 00000000 0001 03 109
+0000000000000000: 00000003 00000000 00000000 0001 03 110 /run/dbus/system_bus_socket
+"""
+
+
+def write_proc(proc: Path) -> Path:
+    """A /proc with its network tables and a few processes holding sockets."""
+    for name, text in (
+        ("tcp", PROC_TCP),
+        ("tcp6", PROC_TCP6),
+        ("udp", PROC_UDP),
+        ("udp6", PROC_UDP6),
+        ("unix", PROC_UNIX),
+    ):
+        _write(proc / "net" / name, text)
+    processes = {
+        1: ("systemd", [100, 106, 107]),
+        412: ("sshd", [100]),  # inherited from pid 1: the lowest pid names the owner
+        600: ("postgres", [101, 201]),
+        900: ("nginx", [102]),
+        500: ("dhclient", [104]),
+    }
+    for pid, (comm, inodes) in processes.items():
+        _write(proc / str(pid) / "comm", f"{comm}\n")
+        _link(proc / str(pid) / "fd/0", "/dev/null")
+        for n, inode in enumerate(inodes, 3):
+            _link(proc / str(pid) / "fd" / str(n), f"socket:[{inode}]")
+    _write(proc / "777/comm", "gone\n")  # no fd folder (the process exited): passed over
+    _write(proc / "self/comm", "not-a-pid\n")
+    return proc
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="the tables are a little-endian kernel's")
+def test_live_listeners_reads_proc_net_and_names_the_processes(tmp_path: Path) -> None:
+    proc = write_proc(tmp_path / "proc")
+    rows = inventory.live_listeners(proc)
+    assert [(r["proto"], r["address"], r["port"], r["process"]) for r in rows] == [
+        ("tcp", "0.0.0.0", 22, "systemd"),
+        ("tcp", "127.0.0.1", 5432, "postgres"),
+        ("tcp6", "::", 80, "nginx"),
+        ("tcp6", "::1", 8080, ""),  # no readable process holds inode 103
+        ("tcp6", "::ffff:127.0.0.1", 631, ""),
+        ("udp", "0.0.0.0", 68, "dhclient"),
+        ("udp6", "fe80::5054:ff:fe12:3456", 546, ""),
+        ("unix", "/run/systemd/private", None, "systemd"),
+        ("unix-dgram", "/run/systemd/journal/socket", None, "systemd"),
+    ]
+    assert set(rows[0]) == {"proto", "address", "port", "process"}
+    # Established, TIME_WAIT, connected and unbound UDP, abstract and connected unix
+    # sockets are not listeners.
+    assert not {"10.0.0.5", "/run/dbus/system_bus_socket", "@/tmp/.X11-unix/X0"} & {
+        r["address"] for r in rows
+    }
+    assert inventory.live_listeners(tmp_path / "no-proc") == []
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="the tables are a little-endian kernel's")
+def test_collect_records_listeners_only_when_live(root: Path) -> None:
+    write_proc(root / "proc")
+    assert "listening" not in inventory.collect(root)
+    inv = inventory.collect(root, live=True)
+    assert inv["listening"] == inventory.live_listeners(root / "proc")
+    assert {"proto": "tcp6", "address": "::", "port": 80, "process": "nginx"} in inv["listening"]
+    assert json.loads(json.dumps(inv)) == inv
+
+
+def test_the_module_stands_alone_loaded_by_path(root: Path, tmp_path: Path) -> None:
+    """It is copied alone to a build machine and loaded there with importlib: standard
+    library only, nothing of the goldsmith package."""
+    source = Path(inventory.__file__)
+    tree = ast.parse(source.read_text())
+    imported = {
+        (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert all(
+        name.split(".")[0] in sys.stdlib_module_names or name == "__future__" for name in imported
+    ), imported
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+    alone = tmp_path / "upload/inventory.py"
+    _write(alone, source.read_bytes())
+    script = (
+        "import importlib.util, json, sys\n"
+        "spec = importlib.util.spec_from_file_location('inventory', sys.argv[1])\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "print(json.dumps(module.collect(sys.argv[2])))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script, str(alone), str(root)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(done.stdout) == inventory.collect(root)

@@ -7,44 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from invoke import Context, Exit
+from review_kit import as_project_root, inv, pkg, run, write_build
 
-from goldsmith import catalogue, outputs, pipeline, sbom
+from goldsmith import catalogue, pipeline
 from goldsmith import report as pr_report
 from goldsmith.targets.local import Local
 from goldsmith.tasks import review
 
 if TYPE_CHECKING:
     from conftest import Project
-
-
-def pkg(name: str, version: str) -> dict[str, str]:
-    return {
-        "name": name,
-        "version": version,
-        "architecture": "amd64",
-        "source": name,
-        "source_version": version,
-    }
-
-
-def inv(*packages: dict[str, str]) -> dict[str, Any]:
-    """An inventory as inventory.collect() shapes it (what the comparison reads)."""
-    return {
-        "format": 1,
-        "os": {"id": "debian", "version_id": "12", "codename": "bookworm"},
-        "packages": {p["name"]: p for p in packages},
-        "units": {},
-        "sockets": [],
-        "users": {},
-        "groups": {},
-        "setid": [],
-        "kernels": ["6.1.0-50-cloud-amd64"],
-        "etc": {"etc/hostname": "a" * 64},
-    }
 
 
 OLD = inv(pkg("openssl", "3.0.13-1~deb12u1"))
@@ -60,48 +34,6 @@ GATE = {
     "expired_allows": [],
     "report": "cve-report.md",
 }
-
-
-def write_build(
-    folder: Path,
-    image: str,
-    build_id: str,
-    inventory: dict[str, Any],
-    *,
-    sha: str = "f" * 40,
-    **fields: Any,
-) -> Path:
-    """A proven build's folder as the pipeline records it: artifact, inventory, SBOM."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{image}.qcow2").write_text("disk")
-    doc = sbom.to_cyclonedx(inventory, image, build_id)
-    outputs.write_atomic(folder / "sbom.cdx.json", doc)
-    manifest: dict[str, Any] = {
-        "image": image,
-        "target": "local",
-        "build_id": build_id,
-        "fingerprint": build_id.ljust(64, "0"),
-        "recorded": "2026-12-04T18:00:00Z",
-        "git": {"sha": sha, "dirty": False},
-        "artifact": f"{image}.qcow2",
-        "inventory": {
-            "file": "inventory.json",
-            "sha256": outputs.write_json(folder / "inventory.json", inventory),
-        },
-        "sbom": {
-            "file": "sbom.cdx.json",
-            "sha256": outputs.sha256_text(doc),
-            "format": "CycloneDX 1.6 JSON",
-        },
-        "specs": {
-            "live": {"passed": 12, "failed": 0, "skipped": 1, "failures": []},
-            "hygiene": {"passed": 15, "failed": 0, "skipped": 0, "failures": []},
-        },
-        "cve_gate": None,
-        "cve_gate_reason": "images.yml gives this image no policy",
-    }
-    outputs.write_json(folder / "manifest.json", manifest | fields)
-    return folder
 
 
 def reviewed_project(project: Project) -> catalogue.Catalogue:
@@ -216,20 +148,7 @@ def test_a_build_without_a_previous_one_has_nothing_to_compare(project: Project)
 @pytest.fixture
 def at_root(project: Project, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The standard project as the tasks' project root."""
-    project.standard()
-    monkeypatch.setenv("GOLDSMITH_ROOT", str(project.root))
-    monkeypatch.chdir(project.root)
-    return project.root
-
-
-def run(task: Any, capsys: pytest.CaptureFixture[str], **kwargs: Any) -> tuple[int, str, str]:
-    """A task as `./run` calls it: (exit code, stdout, Exit's message)."""
-    try:
-        task(Context(), **kwargs)
-        code, message = 0, ""
-    except Exit as e:
-        code, message = e.code, str(e.message or "")
-    return code, capsys.readouterr().out, message
+    return as_project_root(project, monkeypatch)
 
 
 def test_the_task_plans_for_real_and_writes_both_files_where_nothing_was_baked(

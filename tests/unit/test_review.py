@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from invoke import Context, Exit
+from review_kit import as_project_root, inv, pkg, run, write_build
 
 from goldsmith import catalogue, cvegate, fingerprint, outputs, pipeline
 from goldsmith.catalogue import CatalogueError, Vulnerabilities
@@ -26,32 +26,6 @@ if TYPE_CHECKING:
 
 TRACKER = Path(__file__).parent / "fixtures" / "tracker-small.json"
 TODAY = dt.date(2026, 12, 4)
-
-
-def pkg(name: str, version: str, source: str = "") -> dict[str, str]:
-    return {
-        "name": name,
-        "version": version,
-        "architecture": "amd64",
-        "source": source or name,
-        "source_version": version,
-    }
-
-
-def inv(*packages: dict[str, str], etc: dict[str, str] | None = None) -> dict[str, Any]:
-    """An inventory as inventory.collect() shapes it."""
-    return {
-        "format": 1,
-        "os": {"id": "debian", "version_id": "12", "codename": "bookworm"},
-        "packages": {p["name"]: p for p in packages},
-        "units": {"ssh.service": {"wanted_by": ["multi-user.target.wants"], "file": ""}},
-        "sockets": [],
-        "users": {"root": {"uid": 0, "gid": 0, "home": "/root", "shell": "/bin/bash"}},
-        "groups": {"root": {"gid": 0, "members": []}},
-        "setid": [],
-        "kernels": ["6.1.0-50-cloud-amd64"],
-        "etc": etc or {"etc/hostname": "a" * 64},
-    }
 
 
 OLD_OPENSSL = inv(pkg("openssl", "3.0.11-1~deb12u2"), pkg("libssl3", "3.0.11-1~deb12u2", "openssl"))
@@ -243,8 +217,9 @@ def test_preflight_wants_the_tracker_at_hand_and_the_setting_overrides_images_ym
     ):
         pipeline.check_tracker(over)
     assert Settings.from_config({"cve_tracker": "/data/t.json"}).cve_tracker == "/data/t.json"
-    # On aws no disk is at hand: the gate cannot run, and no tracker is needed.
-    pipeline.check_tracker(dataclasses.replace(over, target="aws"))
+    # On aws the gate runs on the builder's live inventory: it needs the tracker too.
+    with pytest.raises(GoldsmithError, match=r"fresh.json \(the cve_tracker setting\)"):
+        pipeline.check_tracker(dataclasses.replace(over, target="aws"))
 
 
 def test_record_review_writes_inventory_sbom_and_report_beside_the_manifest(
@@ -269,6 +244,7 @@ def test_record_review_writes_inventory_sbom_and_report_beside_the_manifest(
         "sha256": outputs.sha256_file(staged / "inventory.json"),
         "format": 1,
         "packages": 1,
+        "read": "from the sealed disk, offline",
     }
     assert fields["sbom"]["sha256"] == outputs.sha256_file(staged / "sbom.cdx.json")
     assert json.loads((staged / "sbom.cdx.json").read_text())["specVersion"] == "1.6"
@@ -297,32 +273,10 @@ def test_record_review_without_a_disk_or_a_policy_says_why(
 # --- the previous build, and the tasks ---------------------------------------------------------
 
 
-def write_build(folder: Path, build_id: str, inventory: dict[str, Any] | None) -> Path:
-    """A proven build's folder as the pipeline records it (an artifact included)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {
-        "image": "base",
-        "build_id": build_id,
-        "fingerprint": build_id.ljust(64, "0"),
-        "recorded": "2026-12-04T18:00:00Z",
-        "git": {"sha": "f" * 40, "dirty": False},
-        "artifact": "base.qcow2",
-    }
-    (folder / "base.qcow2").write_text("disk")
-    if inventory is None:
-        manifest["inventory"] = None
-        manifest["inventory_reason"] = "no disk"
-    else:
-        sha = outputs.write_json(folder / "inventory.json", inventory)
-        manifest["inventory"] = {"file": "inventory.json", "sha256": sha}
-    outputs.write_json(folder / "manifest.json", manifest)
-    return folder
-
-
 def test_a_commit_keeps_one_generation_of_the_previous_build(tmp_path: Path) -> None:
     dest = tmp_path / "build/base/local"
     for n in (1, 2, 3):
-        staged = write_build(tmp_path / f"staged{n}", f"base-{n}", inv(pkg("p", f"{n}.0")))
+        staged = write_build(tmp_path / f"staged{n}", "base", f"base-{n}", inv(pkg("p", f"{n}.0")))
         outputs.keep_previous(dest, staged)
         outputs.commit(staged, dest)
     assert json.loads((dest / "manifest.json").read_text())["build_id"] == "base-3"
@@ -338,23 +292,12 @@ def test_a_commit_keeps_one_generation_of_the_previous_build(tmp_path: Path) -> 
 @pytest.fixture
 def built(project: Project, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The standard project with base's build and the one before it, nginx added."""
-    project.standard()
-    monkeypatch.setenv("GOLDSMITH_ROOT", str(project.root))
-    monkeypatch.chdir(project.root)
-    out = project.root / "build/base/local"
-    write_build(out / "previous", "base-1", inv(pkg("openssl", "3.0.11-1~deb12u2")))
-    write_build(out, "base-2", inv(pkg("openssl", "3.0.13-1~deb12u1"), pkg("nginx", "1.22.1-9")))
-    return project.root
-
-
-def run(task: Any, capsys: pytest.CaptureFixture[str], **kwargs: Any) -> tuple[int, str, str]:
-    """A task as `./run` calls it: (exit code, stdout, Exit's message)."""
-    try:
-        task(Context(), **kwargs)
-        code, message = 0, ""
-    except Exit as e:
-        code, message = e.code, str(e.message or "")
-    return code, capsys.readouterr().out, message
+    root = as_project_root(project, monkeypatch)
+    out = root / "build/base/local"
+    write_build(out / "previous", "base", "base-1", inv(pkg("openssl", "3.0.11-1~deb12u2")))
+    new = inv(pkg("openssl", "3.0.13-1~deb12u1"), pkg("nginx", "1.22.1-9"))
+    write_build(out, "base", "base-2", new)
+    return root
 
 
 def test_diff_against_the_previous_build_in_markdown_and_json(built: Path, capsys) -> None:
@@ -384,7 +327,9 @@ def test_diff_with_no_change_exits_0_even_with_fail_on_change(built: Path, capsy
 
 
 def test_diff_against_a_manifest_or_a_build_folder(built: Path, capsys, tmp_path: Path) -> None:
-    other = write_build(tmp_path / "elsewhere", "base-0", inv(pkg("openssl", "3.0.13-1~deb12u1")))
+    other = write_build(
+        tmp_path / "elsewhere", "base", "base-0", inv(pkg("openssl", "3.0.13-1~deb12u1"))
+    )
     for against in (other / "manifest.json", other):
         code, out, _ = run(review.diff, capsys, image="base", against=str(against))
         assert code == 0 and "build base-0" in out and "- added `nginx`" in out
@@ -394,7 +339,7 @@ def test_diff_against_a_manifest_or_a_build_folder(built: Path, capsys, tmp_path
 def test_diff_with_nothing_to_compare_exits_2_and_says_why(built: Path, capsys) -> None:
     out = built / "build/base/local"
     (out / "previous/inventory.json").unlink()
-    write_build(out / "previous", "base-1", None)
+    write_build(out / "previous", "base", "base-1", None)
     code, _, message = run(review.diff, capsys, image="base")
     assert (
         code == 2
@@ -468,7 +413,7 @@ def test_list_names_a_layered_images_parent(project: Project, monkeypatch, capsy
 
 def test_cve_task_rechecks_a_proven_build_with_fresh_tracker_data(built: Path, capsys) -> None:
     out = built / "build/base/local"
-    write_build(out, "base-2", OLD_OPENSSL)
+    write_build(out, "base", "base-2", OLD_OPENSSL)
     code, stdout, _ = run(review.cve, capsys, image="base", tracker=str(TRACKER))
     assert code == 1
     assert "policy: the default policy" in stdout

@@ -1,12 +1,15 @@
-"""Build results to an SNS topic: published, failed, pruned.
+"""Build results to an SNS topic or an EventBridge event bus: published, failed, pruned.
 
-images.yml names the topic (`aws.notify`, or the top-level `notifications.notify`); a
-subscriber (a mail address, a chat hook, a queue) gets one small JSON document per
-event: what happened, to which image and build, where (region: AMI), and why.
+images.yml names the target by its ARN (`aws.notify`, or the top-level
+`notifications.notify`); the ARN's service picks how it is sent. A subscriber (a mail
+address, a chat hook, a queue, an EventBridge rule) gets one small JSON document per
+event: what happened, to which image and build, where (region: AMI), and why. On SNS it
+is the message; on EventBridge it is the event's detail, with source `goldsmith` and a
+detail type per event (DETAIL_TYPES).
 
 A notification is news about a build, never part of it: one that cannot be sent (the
-topic is gone, the role may not publish to it) is logged as a warning and the build's
-result stands.
+topic or bus is gone, the role may not send to it) is logged as a warning and the
+build's result stands.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from .clients import Aws
 from .publish import PublishResult
 
 EVENTS = ("published", "failed", "pruned")
+SOURCE = "goldsmith"  # an EventBridge event's source
+DETAIL_TYPES = {
+    "published": "goldsmith image published",
+    "failed": "goldsmith build failed",
+    "pruned": "goldsmith images pruned",
+}
 SUBJECT_MAX = 100  # SNS's limit on a subject
 REASON_MAX = 2000  # a failure's message can be long (a Packer log tail): its start is enough
 
@@ -40,7 +49,7 @@ class Event:
 
     def message(self) -> dict[str, Any]:
         return {
-            "source": "goldsmith",
+            "source": SOURCE,
             "event": self.event,
             "image": self.image,
             "build_id": self.build_id,
@@ -53,38 +62,73 @@ class Event:
         return f"goldsmith: {self.image} {self.event} ({self.build_id})"[:SUBJECT_MAX]
 
 
-def topic_region(topic: str) -> str:
-    """The region of an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)."""
-    parts = topic.split(":")
-    if len(parts) != 6 or parts[2] != "sns" or not parts[3]:
-        raise GoldsmithError(f"{topic!r} is not an SNS topic ARN")
-    return parts[3]
+def target_of(arn: str) -> tuple[str, str]:
+    """(service, region) of a notification target: an SNS topic ARN
+    (arn:aws:sns:REGION:ACCOUNT:NAME) or an EventBridge event bus ARN
+    (arn:aws:events:REGION:ACCOUNT:event-bus/NAME)."""
+    parts = arn.split(":")
+    if len(parts) == 6 and parts[0] == "arn" and parts[3]:
+        if parts[2] == "sns" and parts[5]:
+            return "sns", parts[3]
+        if parts[2] == "events" and parts[5].startswith("event-bus/") and parts[5][10:]:
+            return "events", parts[3]
+    raise GoldsmithError(f"{arn!r} is neither an SNS topic ARN nor an EventBridge event bus ARN")
 
 
-def send(aws: Aws, topic: str, event: Event) -> bool:
-    """Publish `event` to `topic` ("" sends nothing); whether it was sent.
+def send(aws: Aws, target: str, event: Event) -> bool:
+    """Send `event` to `target`, an SNS topic or an EventBridge event bus by its ARN (""
+    sends nothing); whether it was sent.
 
-    Never raises for AWS's refusal: a failure is a warning naming the topic and the cause.
+    Never raises for AWS's refusal: a failure is a warning naming the target and the cause.
     """
-    if not topic:
+    if not target:
         return False
     if event.event not in EVENTS:
         raise GoldsmithError(f"unknown notification event {event.event!r} ({', '.join(EVENTS)})")
     try:
-        aws.client("sns", topic_region(topic)).publish(
-            TopicArn=topic,
-            Subject=event.subject(),
-            Message=json.dumps(event.message(), sort_keys=True),
-            MessageAttributes={
-                "event": {"DataType": "String", "StringValue": event.event},
-                "image": {"DataType": "String", "StringValue": event.image},
-            },
-        )
+        service, region = target_of(target)
+        _SENDERS[service](aws.client(service, region), target, event)
     except GoldsmithError as err:
-        log("notify", f"warning: {event.event} of {event.build_id} not sent to {topic}: {err}")
+        log("notify", f"warning: {event.event} of {event.build_id} not sent to {target}: {err}")
         return False
-    log("notify", f"{event.event} of {event.build_id} sent to {topic}")
+    log("notify", f"{event.event} of {event.build_id} sent to {target}")
     return True
+
+
+def _publish(sns: Any, topic: str, event: Event) -> None:
+    sns.publish(
+        TopicArn=topic,
+        Subject=event.subject(),
+        Message=json.dumps(event.message(), sort_keys=True),
+        MessageAttributes={
+            "event": {"DataType": "String", "StringValue": event.event},
+            "image": {"DataType": "String", "StringValue": event.image},
+        },
+    )
+
+
+def _put_event(events: Any, bus: str, event: Event) -> None:
+    answer = events.put_events(
+        Entries=[
+            {
+                "Source": SOURCE,
+                "DetailType": DETAIL_TYPES[event.event],
+                "Detail": json.dumps(event.message(), sort_keys=True),
+                "EventBusName": bus,
+            }
+        ]
+    )
+    # PutEvents answers 200 for entries it refused: each says why in its own entry.
+    if answer.get("FailedEntryCount"):
+        entry = (answer.get("Entries") or [{}])[0]
+        code = entry.get("ErrorCode", "unknown error")
+        raise GoldsmithError(
+            f"EventBridge refused the event ({code})"
+            + (f": {entry['ErrorMessage']}" if entry.get("ErrorMessage") else "")
+        )
+
+
+_SENDERS: dict[str, Callable[[Any, str, Event], None]] = {"sns": _publish, "events": _put_event}
 
 
 def published(result: PublishResult) -> Event:
@@ -96,10 +140,11 @@ def published(result: PublishResult) -> Event:
 
 
 def build_failed(aws: Callable[[], Aws], topic: str, image: str, build_id: str, where: str) -> bool:
-    """Tell `topic` that bake `build_id` failed; whether it was sent. Never raises.
+    """Tell `topic` (an SNS topic or an event bus) that bake `build_id` failed; whether it
+    was sent. Never raises.
 
     Called from a target's cleanup while the bake's failure is still being raised: its
-    message is the reason. `aws` makes the client only when there is a topic (the twin
+    message is the reason. `aws` makes the client only when there is a target (the twin
     may be gone by then: a warning, like any notification that cannot be sent).
     """
     if not topic:

@@ -15,6 +15,12 @@
 #                           stays, without keys, sudo rule or residue.
 #   GOLDSMITH_SEAL_POWEROFF 1: power the machine off afterwards (local and twin builds,
 #                           whose build user is gone by then).
+#   GOLDSMITH_INVENTORY     a cloud build: goldsmith's inventory module (standard library
+#                           only), uploaded beside this script. Once the self-check has
+#                           passed, the seal reads what the machine holds with it into
+#                           $INVENTORY_DIR/inventory.json (/run: a tmpfs, never in the
+#                           image), owned by the build user, who fetches it and removes
+#                           it; a poweroff then waits for that (at most 5 minutes).
 #
 # The check is the seal's last step, so a cloud build, whose disk cannot be mounted
 # here, fails (and registers no AMI) if anything is left. The hygiene spec
@@ -25,6 +31,8 @@ BUILD_USER="${GOLDSMITH_BUILD_USER:-goldsmith}"
 MARKER=/var/lib/goldsmith/build-user
 CREDENTIAL_UNIT=goldsmith-build-credential.service
 PRIVATE_KEY='-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----'
+INVENTORY_DIR=/run/goldsmith-inventory
+INVENTORY="${GOLDSMITH_INVENTORY:-}"
 HISTORIES='.bash_history .zsh_history .sh_history .history .python_history .lesshst .viminfo .mysql_history .psql_history .sqlite_history .wget-hsts .node_repl_history'
 
 # Every home: root's, and each one under /home. Prints them relative to $1 (a root).
@@ -138,6 +146,13 @@ if [ "$(cat "$MARKER" 2>/dev/null || true)" = "$BUILD_USER" ]; then
     created=1
 fi
 
+# The inventory module goes where the temporary files' cleanup below does not reach.
+if [ -n "$INVENTORY" ]; then
+    rm -rf "$INVENTORY_DIR"
+    mkdir -m 0700 "$INVENTORY_DIR"
+    mv "$INVENTORY" "$INVENTORY_DIR/collect.py"
+fi
+
 # The build login: its sudo rules, the credential unit that made it, and the user itself
 # when goldsmith created it.
 rm -f /etc/sudoers.d/goldsmith-build /etc/sudoers.d/90-cloud-init-users
@@ -198,13 +213,46 @@ check "" "$created" || status=$?
 sync
 # Hand the freed blocks back to the disk image, so deleted caches do not ship.
 fstrim -av 2>/dev/null || true
+inventory_taken=0
+if [ -n "$INVENTORY" ]; then
+    if [ "$status" = 0 ]; then
+        # What ships, read after the self-check: the build's files are gone by now.
+        if PYTHONDONTWRITEBYTECODE=1 python3 -I - "$INVENTORY_DIR/collect.py" \
+            >"$INVENTORY_DIR/inventory.json.part" <<'PY'
+import importlib.util
+import json
+import sys
+
+spec = importlib.util.spec_from_file_location("goldsmith_inventory", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+json.dump(module.collect("/", live=True), sys.stdout, sort_keys=True)
+PY
+        then
+            mv "$INVENTORY_DIR/inventory.json.part" "$INVENTORY_DIR/inventory.json"
+            chown -R "$BUILD_USER" "$INVENTORY_DIR" 2>/dev/null || true
+            inventory_taken=1
+            echo "goldsmith-seal: inventory read ($INVENTORY_DIR/inventory.json)"
+        else
+            echo "goldsmith-seal: could not read the machine's inventory"
+            status=1
+        fi
+    fi
+    rm -f "$INVENTORY_DIR/collect.py" "$INVENTORY_DIR/inventory.json.part"
+fi
 if [ "$status" = 0 ]; then
     echo "goldsmith-seal: sealed"
 fi
 if [ "${GOLDSMITH_SEAL_POWEROFF:-0}" = 1 ]; then
     # Local and twin builds: the build user is gone, so the seal powers the machine off
     # itself (also after a failed check: the disk's hygiene spec then names the same
-    # leftovers, and Packer does not wait out its shutdown timeout).
-    (sleep 1; systemctl poweroff) >/dev/null 2>&1 &
+    # leftovers, and Packer does not wait out its shutdown timeout). With an inventory to
+    # fetch, once the build has fetched it, outside this session.
+    if [ "$inventory_taken" = 1 ]; then
+        systemd-run --quiet --collect --unit=goldsmith-seal-poweroff sh -c \
+            "i=0; while [ -e $INVENTORY_DIR/inventory.json ] && [ \$i -lt 300 ]; do sleep 1; i=\$((i + 1)); done; systemctl poweroff"
+    else
+        (sleep 1; systemctl poweroff) >/dev/null 2>&1 &
+    fi
 fi
 exit "$status"

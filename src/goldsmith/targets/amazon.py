@@ -41,8 +41,9 @@ from ..aws.clients import Aws
 from ..catalogue import AwsSettings
 from ..errors import GoldsmithError
 from ..paths import venv_bin
+from . import live
 from .contract import Bake, Plan, SealProof, Source, manifest
-from .local import prove_on_disk
+from .local import gate_or_fail, prove_on_disk
 
 PACKER_BUILD_NAME = "aws"  # the source's name, as Packer's manifest records it
 # The stand-in VM powers itself off at the end of the seal; under TCG that takes seconds.
@@ -306,9 +307,17 @@ class Amazon:
             )
             + ' "$GOLDSMITH_INSTANCE_ID"'
         )
+        values["aws_inventory_script"] = str(live.script())
+        values["aws_inventory_path"] = str(bake.work.path / live.INVENTORY_FILE)
+        values["aws_inventory_gate_command"] = live.gate_command(
+            plan.catalogue.path,
+            plan.image.name,
+            bake.work.path,
+            plan.cve_tracker if plan.image.vulnerabilities is not None else None,
+        )
         if self.on_twin:
             # The seal powers the stand-in off, as EC2's stop would, so its disk is clean
-            # to inspect.
+            # to inspect (once the build has fetched the inventory the seal wrote).
             values["aws_seal_environment"] = ["GOLDSMITH_SEAL_POWEROFF=1"]
         return values
 
@@ -341,6 +350,10 @@ class Amazon:
             # reads, the gate's denial included): the guard's reason is the build's.
             if guard.error is not None:
                 raise guard.failure() from None
+            # Or the CVE gate on what the seal read there failed it (the gate's own words).
+            reason = live.failure(bake.work.path)
+            if reason is not None:
+                raise GoldsmithError(reason) from None
             raise
         gated = imds.gated(bake.work.path / IMDS_GATE_RECORD)
         guard.check(gated)
@@ -360,10 +373,20 @@ class Amazon:
 
     def prove_seal(self, bake: Bake) -> SealProof:
         machine = bake.state.get("machine")
+        # What the seal read on the builder; Packer's gate step has passed on it.
+        found = live.read(bake.work.path / live.INVENTORY_FILE)
         if machine is None:
             # Real EC2: no disk at hand. The seal's last root step checked the sealed
-            # machine and failed Packer (so no AMI) if anything was left.
-            return SealProof(None, None, "the seal's self-check on the instance")
+            # machine and failed Packer (so no AMI) if anything was left; then it read the
+            # inventory, and the CVE gate passed on it before the AMI was made.
+            plan = bake.plan
+            gate = gate_or_fail(
+                plan.image.name, plan.image.vulnerabilities, plan.cve_tracker, found, self.what
+            )
+            packages = {p["name"]: p["version"] for p in found["packages"].values()}
+            how = "the seal's self-check on the instance; inventory read there after it"
+            read = "on the builder by the seal, after its self-check"
+            return SealProof(None, packages, how, found, gate, inventory_read=read)
         deadline = time.monotonic() + POWEROFF_TIMEOUT_S
         while machine.running() and time.monotonic() < deadline:
             time.sleep(1)
@@ -376,6 +399,16 @@ class Amazon:
             bake, machine.dir / "disk.qcow2", "no AMI published", build_user_kept=True
         )
         proof.how = "the seal's self-check, and the hygiene spec on the stand-in's disk"
+        # The twin proves the road a real build takes: the inventory the seal read on the
+        # builder is the one its sealed disk gives.
+        differ = live.differences(found, proof.inventory or {})
+        if differ:
+            raise GoldsmithError(
+                f"{bake.plan.image.name}: the inventory the seal read on the builder differs "
+                f"from its sealed disk's in {', '.join(differ)} (see "
+                f"{bake.work.path / live.INVENTORY_FILE}), {self.what}"
+            )
+        proof.inventory_read += "; the seal's read on the builder matches it"
         if plan_has_children(bake.plan):
             # What the AMI holds, for the images layered on it (standalone: no backing file).
             kept = twin.disk_of(bake.plan.root, bake.state["ami"])

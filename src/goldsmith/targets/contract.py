@@ -109,6 +109,7 @@ class SealProof:
     how: str
     inventory: dict[str, Any] | None = None
     gate: GateResult | None = None
+    inventory_read: str = "from the sealed disk, offline"  # where the inventory was read
 
 
 class Target(Protocol):
