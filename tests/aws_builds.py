@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import copyreg
 from typing import Any
 
 import pytest
+from moto.core.base_backend import BackendDict
+from moto.ssm.models import ParameterDict
 
 from goldsmith.aws import amis, publish
 from goldsmith.aws.clients import Aws
@@ -77,3 +81,41 @@ def model_deprecation(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     monkeypatch.setattr(AmisResponse, "enable_image_deprecation", enable_image_deprecation)
     monkeypatch.setattr(AmisResponse, "deregister_image", deregister_image)
     return calls
+
+
+# --- builds made once per module: moto's state kept, and given to each test afresh --------
+
+MotoState = tuple[list[BackendDict], list[dict[str, dict[str, Any]]]]
+
+
+def _reduce_parameter_dict(params: ParameterDict) -> tuple[Any, ...]:
+    # moto's SSM parameters: a defaultdict whose __init__ takes the account and region.
+    state = dict(params.__dict__)
+    return (
+        ParameterDict,
+        (params.account_id, params.region_name),
+        state,
+        None,
+        iter(params.items()),
+    )
+
+
+copyreg.pickle(ParameterDict, _reduce_parameter_dict)
+
+
+def moto_state() -> MotoState:
+    """A deep copy of everything the in-process moto holds now: every service's backend
+    in every account and region (the backends refer to each other, so one copy)."""
+    services = list(BackendDict._instances)
+    held = [{acct: dict(regional) for acct, regional in bd.items()} for bd in services]
+    return services, copy.deepcopy(held)
+
+
+def restore_moto_state(state: MotoState) -> None:
+    """The in-process moto holds a fresh copy of `state`, as if its calls had just been
+    made, and nothing else (each test gets its own copy to change)."""
+    services, held = state
+    BackendDict.reset()
+    for bd, accounts in zip(services, copy.deepcopy(held), strict=True):
+        for account_id, regions in accounts.items():
+            dict.update(bd[account_id], regions)

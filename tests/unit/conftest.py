@@ -8,7 +8,7 @@ import shutil
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from moto import mock_aws
@@ -16,6 +16,8 @@ from moto import mock_aws
 from goldsmith.aws import twin_moto
 from goldsmith.aws.clients import Aws
 from goldsmith.aws.twin import DEBIAN_OWNER, seeded_amis
+
+T = TypeVar("T")
 
 # Amazon's images the in-process moto keeps (tests take "the newest of Amazon's").
 SMALL_AMAZON_AMIS = 8
@@ -151,6 +153,27 @@ def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_botocore_models() -> Iterator[None]:
+    """botocore reads its JSON models (EC2's runs to megabytes) afresh for every session,
+    and goldsmith makes one per `Aws`: hundreds per worker. The sessions' loaders share
+    one cache here, as one session's clients share theirs; every model is still
+    botocore's own, read once per worker."""
+    import botocore.loaders
+    import botocore.session
+
+    caches: dict[str | None, dict[Any, Any]] = {}
+
+    def create_loader(search_path_string: str | None = None) -> botocore.loaders.Loader:
+        loader = botocore.loaders.create_loader(search_path_string)
+        loader._cache = caches.setdefault(search_path_string, {})
+        return loader
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(botocore.session, "create_loader", create_loader)
+        yield
+
+
 @pytest.fixture(scope="session")
 def _small_ami_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """moto loads its whole public AMI catalogue into every region a test touches (seconds
@@ -172,15 +195,37 @@ def _small_ami_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         yield
 
 
+def _fake_aws_environment(mp: pytest.MonkeyPatch) -> None:
+    mp.delenv("AWS_ENDPOINT_URL", raising=False)
+    mp.delenv("AWS_PROFILE", raising=False)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, _small_ami_catalogue: None) -> Iterator[Aws]:
     """In-process moto: every boto3 call the package makes, against a fresh fake AWS."""
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    _fake_aws_environment(monkeypatch)
     with mock_aws():
         yield Aws()
+
+
+@pytest.fixture(scope="session")
+def moto_once(_small_ami_catalogue: None) -> Callable[[Callable[[Aws], T]], tuple[Any, T]]:
+    """`moto_once(make)`: run `make(aws)` once in a fresh in-process moto of its own and
+    return (moto's state then, what `make` returned). A module makes its shared AWS state
+    so (builds, say) and each test takes a fresh copy of it with
+    `aws_builds.restore_moto_state` after `aws` started its moto."""
+    from aws_builds import moto_state
+
+    def once(make: Callable[[Aws], T]) -> tuple[Any, T]:
+        with pytest.MonkeyPatch.context() as mp:
+            _fake_aws_environment(mp)
+            with mock_aws():
+                made = make(Aws())
+                return moto_state(), made
+
+    return once
 
 
 @pytest.fixture

@@ -18,6 +18,15 @@ from goldsmith.errors import GoldsmithError
 
 WEST = "eu-west-1"
 BUILD = "web-20261123T120000Z-4242"
+# The twin's own: a metadata options change is "pending" this long before "applied".
+TWIN_PENDING_S = twin_moto.METADATA_PENDING_S
+# Every other test here waits through a shorter pending change (the wait is the same).
+SHORT_PENDING_S = 0.2
+
+
+@pytest.fixture(autouse=True)
+def _short_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(twin_moto, "METADATA_PENDING_S", SHORT_PENDING_S)
 
 
 def launch(aws: Aws, build_id: str = "", key_name: str = "") -> str:
@@ -42,14 +51,17 @@ def options(aws: Aws, instance_id: str) -> dict[str, Any]:
     return imds.options_of(aws, WEST, instance_id)
 
 
-def test_requires_imdsv2_on_this_builds_instance_only_and_waits_until_applied(aws: Aws) -> None:
+def test_requires_imdsv2_on_this_builds_instance_only_and_waits_until_applied(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(twin_moto, "METADATA_PENDING_S", TWIN_PENDING_S)  # the twin's full wait
     ours, other = launch(aws, BUILD), launch(aws, "base-20261123T120000Z-1")
     assert options(aws, ours)["HttpTokens"] == "optional"
     guard = imds.Imdsv2Guard(aws, WEST, BUILD, interval_s=0.1)
     started = time.monotonic()
     assert guard.poll_once() == [ours]
     # Recorded only once EC2 says applied: the twin keeps a change pending for a second.
-    assert time.monotonic() - started >= twin_moto.METADATA_PENDING_S
+    assert time.monotonic() - started >= TWIN_PENDING_S
     assert {"HttpTokens": "required", "State": "applied"}.items() <= options(aws, ours).items()
     assert options(aws, other)["HttpTokens"] == "optional"
     assert guard.poll_once() == []  # guarded already: no second call

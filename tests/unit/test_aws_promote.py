@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aws_builds import CENTRAL, LATEST, REGIONS, WEST, bake_and_publish, provenance
+from aws_builds import (
+    CENTRAL,
+    LATEST,
+    REGIONS,
+    WEST,
+    bake_and_publish,
+    provenance,
+    restore_moto_state,
+)
 
 from goldsmith.aws import amis, promote, publish, ssm
 from goldsmith.aws.clients import Aws
@@ -15,10 +24,18 @@ from goldsmith.errors import GoldsmithError
 STABLE = "/goldsmith/web/stable"
 
 
+@pytest.fixture(scope="module")
+def _baked(moto_once: Callable[..., Any]) -> tuple[Any, dict[int, dict[str, str]]]:
+    """The three builds, baked and published once for the module (moto's state kept)."""
+    return moto_once(lambda aws: {day: bake_and_publish(aws, day) for day in (1, 2, 3)})
+
+
 @pytest.fixture
-def builds(aws: Aws) -> dict[int, dict[str, str]]:
+def builds(aws: Aws, _baked: tuple[Any, dict[int, dict[str, str]]]) -> dict[int, dict[str, str]]:
     """Three proven, published web builds: {day: {region: AMI}}; latest is day 3's."""
-    return {day: bake_and_publish(aws, day) for day in (1, 2, 3)}
+    state, builds = _baked
+    restore_moto_state(state)
+    return copy.deepcopy(builds)
 
 
 def to_stable(aws: Aws, build: int | None = None, force: bool = False) -> promote.Promoted:

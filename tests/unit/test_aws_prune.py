@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from aws_builds import (
     bake_and_publish,
     model_deprecation,
     provenance,
+    restore_moto_state,
     snapshot_exists,
     snapshots,
 )
@@ -31,10 +33,18 @@ def deprecations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     return model_deprecation(monkeypatch)
 
 
+@pytest.fixture(scope="module")
+def _baked(moto_once: Callable[..., Any]) -> tuple[Any, dict[int, dict[str, str]]]:
+    """The five builds, baked and published once for the module (moto's state kept)."""
+    return moto_once(lambda aws: {day: bake_and_publish(aws, day) for day in DAYS})
+
+
 @pytest.fixture
-def builds(aws: Aws) -> dict[int, dict[str, str]]:
-    """Five proven, published web builds: {day: {region: AMI}}."""
-    return {day: bake_and_publish(aws, day) for day in DAYS}
+def builds(aws: Aws, _baked: tuple[Any, dict[int, dict[str, str]]]) -> dict[int, dict[str, str]]:
+    """Five proven, published web builds: {day: {region: AMI}}, in this test's moto."""
+    state, builds = _baked
+    restore_moto_state(state)
+    return copy.deepcopy(builds)
 
 
 def launch_template(aws: Aws, region: str, ami_id: str, name: str = "web-lt") -> str:
