@@ -245,8 +245,8 @@ def run_layers(
 
     The layers' runs go at once, each its own pytest with its own shell on the machine:
     their waits overlap (a self-healing spec waits out each service's RestartSec). A
-    role's spec that an earlier layer already runs with the same values is not run again
-    (see `layer_specs`).
+    role's spec that another layer runs with the same values is not run again (see
+    `layer_specs`).
     """
     own = layers[-1].image
     runs: list[tuple[Layer, list[Path], Path]] = []
@@ -258,7 +258,7 @@ def run_layers(
         if again:
             tools.log(
                 "spec",
-                f"{layer.image}: {', '.join(again)} proven once, by an earlier layer's run "
+                f"{layer.image}: {', '.join(again)} proven once, by another layer's run "
                 "(same role, same values)",
             )
         if not specs:
@@ -309,28 +309,42 @@ def run_layers(
 
 
 def layer_specs(layers: list[Layer]) -> list[tuple[Layer, list[Path]]]:
-    """Each layer with the spec folders it runs: its own, less those an earlier layer
-    runs with the same values for that role (the role's vars in each layer's playbook;
-    a spec reads the role's defaults with them). A role both layers apply alike (say
+    """Each layer with the spec folders it runs: its own, less those another layer runs
+    with the same values for that role (the role's vars in each layer's playbook; a spec
+    reads the role's defaults with them). A role several layers apply alike (say
     apt_ready, which base's and nginx's roles depend on) is proven once, on the same
-    machine, instead of twice; a role a layer applies with other values is proven again
-    with them."""
-    seen: dict[Path, list[dict]] = {}
+    machine, instead of once per layer; a role a layer applies with other values is
+    proven again with them.
+
+    The layers' runs go at once, so a spec proven once goes to the run with the fewest
+    spec folders so far (the earliest layer on a tie): the runs end closer together, and
+    the spec step ends when the last run does."""
     plays: dict[Path, object] = {}
-    out: list[tuple[Layer, list[Path]]] = []
-    for layer in layers:
+    # Each spec with the values it is run with, and the layers that apply it so.
+    alike: list[tuple[Path, dict, list[int]]] = []
+    for i, layer in enumerate(layers):
         if layer.playbook not in plays:
             # Ansible's own tags (`!vault`, `!unsafe`) read as values, as goldsmith.roles does.
             text = layer.playbook.read_text()
             plays[layer.playbook] = yaml.load(text, Loader=AnsibleLoader) or []
-        specs = []
-        for d in layer.specs:
+        for d in dict.fromkeys(layer.specs):
             values = playbook_vars(plays[layer.playbook], d.name)
-            if values in seen.get(d, []):
-                continue
-            seen.setdefault(d, []).append(values)
-            specs.append(d)
-        out.append((layer, specs))
+            found = [where for other, v, where in alike if other == d and v == values]
+            if found:
+                found[0].append(i)
+            else:
+                alike.append((d, values, [i]))
+    runs: list[list[Path]] = [[] for _ in layers]
+    for d, _, where in alike:  # a spec only one layer applies with its values: that layer's
+        if len(where) == 1:
+            runs[where[0]].append(d)
+    for d, _, where in alike:
+        if len(where) > 1:
+            runs[min(where, key=lambda i: (len(runs[i]), i))].append(d)
+    # Each run keeps its layer's order of the specs (the playbook's order of the roles).
+    out = []
+    for layer, mine in zip(layers, runs, strict=True):
+        out.append((layer, [d for d in dict.fromkeys(layer.specs) if d in mine]))
     return out
 
 

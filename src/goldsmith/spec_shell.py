@@ -6,10 +6,14 @@ then the command, about 0.7 s a command in an emulated guest, most of a spec run
 goldsmith's spec runs (`pytest -p goldsmith.spec_shell`, goldsmith.spec.run) replace it,
 for `ssh://` hosts only, with this one: a single `sudo -n /bin/sh` per host (or a plain
 `/bin/sh` without --sudo) that reads commands on its standard input. Each command still
-runs as testinfra would run it, `/bin/sh -c COMMAND` with no input, in a fresh process;
-its exit status and its output, byte for byte, come back base64-encoded after a marker
-line. Its output goes through files in a private folder in /dev/shm (memory, never on
-the disk that becomes the image), removed when the run ends.
+runs as testinfra would run it, `/bin/sh -c COMMAND` with no input, in a fresh process.
+Its standard output comes back as it is, byte for byte, followed by a newline and a line
+with a marker unique to the shell (a random token) and the exit status; its standard
+error goes through a file in a private folder in /dev/shm (memory, never on the disk
+that becomes the image), removed when the run ends, and comes back base64-encoded on
+the next line, with no process spent on it when it is empty (most commands). A command
+costs one process besides its own: every extra process start is a tenth of a second in
+an emulated guest.
 
 If the shell is gone (its session was killed), the next command starts another one; a
 command whose shell dies under it raises, as testinfra's ssh backend does on exit 255.
@@ -127,19 +131,28 @@ class ShellSshBackend(SshBackend):
         command = self.get_command(command, *args)
         d, m = self._dir, self._marker
         self._send(
-            f"/bin/sh -c {shlex.quote(command)} </dev/null >{d}/o 2>{d}/e; "
-            f'echo "{m} $?"; '
-            # `[` is the shell's own: an empty output costs no base64 process.
-            f"if [ -s {d}/o ]; then base64 -w0 {d}/o; fi; echo; "
+            f"/bin/sh -c {shlex.quote(command)} </dev/null 2>{d}/e; "
+            # `printf` and `[` are the shell's own: no process for either.
+            f'printf "\\n{m} %s\\n" "$?"; '
             f"if [ -s {d}/e ]; then base64 -w0 {d}/e; fi; echo"
         )
-        line = self._readline()
-        while not line.startswith(m + " "):  # nothing but the marker should come first
-            line = self._readline()
-        rc = int(line.split()[1])
-        stdout = base64.b64decode(self._readline().strip())
+        rc, stdout = self._read_output(m.encode())
         stderr = base64.b64decode(self._readline().strip())
         return self.result(rc, self.encode(command), stdout, stderr)
+
+    def _read_output(self, marker: bytes) -> tuple[int, bytes]:
+        """The command's output up to the marker line, without the newline written
+        before the marker; and the exit status the marker line carries."""
+        assert self._proc is not None and self._proc.stdout
+        lines: list[bytes] = []
+        while True:
+            line = self._proc.stdout.readline()
+            if not line:
+                self._dead()
+            if line.startswith(marker + b" ") and line.endswith(b"\n"):
+                rc = int(line[len(marker) + 1 :])
+                return rc, b"".join(lines)[:-1]
+            lines.append(line)
 
     def close(self) -> None:
         """End the shell and remove its folder."""

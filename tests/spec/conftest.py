@@ -125,15 +125,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # Run on the machine with its own python3 (Ansible needs it there anyway), so a spec
-# checks what a client on the machine sees, without curl or a forwarded port.
+# checks what a client on the machine sees, without curl or a forwarded port. One python3
+# gets every URL it is given (a python3 start is most of a second in an emulated guest).
 _HTTP_GET = """
 import json, sys, urllib.error, urllib.request
-try:
-    r = urllib.request.urlopen(sys.argv[1], timeout=10)
-except urllib.error.HTTPError as e:
-    r = e
-answer = {"status": r.status, "headers": dict(r.headers), "body": r.read().decode()}
-json.dump(answer, sys.stdout)
+answers = []
+for url in sys.argv[1:]:
+    try:
+        r = urllib.request.urlopen(url, timeout=10)
+    except urllib.error.HTTPError as e:
+        r = e
+    answers.append({"status": r.status, "headers": dict(r.headers), "body": r.read().decode()})
+json.dump(answers, sys.stdout)
 """
 
 
@@ -141,12 +144,38 @@ def _sh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
+def http_get_all(host, urls: list[str]) -> list[dict[str, Any]]:
+    """GET each URL from inside the machine, one after the other, by one python3 on it:
+    [{"status", "headers", "body"}, ...] in the order of `urls` (4xx/5xx included)."""
+    out = host.check_output(f"python3 -c {_sh_quote(_HTTP_GET)} {' '.join(map(_sh_quote, urls))}")
+    answers = json.loads(out)
+    assert len(answers) == len(urls), answers
+    return answers
+
+
 @pytest.fixture
 def http_get(host) -> Callable[[str], dict[str, Any]]:
     """GET a URL from inside the machine: {"status", "headers", "body"} (4xx/5xx included)."""
 
     def get(url: str) -> dict[str, Any]:
-        out = host.check_output(f"python3 -c {_sh_quote(_HTTP_GET)} {_sh_quote(url)}")
-        return json.loads(out)
+        return http_get_all(host, [url])[0]
 
     return get
+
+
+def dpkg_installed(host, names: list[str]) -> dict[str, bool]:
+    """Whether each package is installed, by one `dpkg-query -W` for them all (a dpkg-query
+    start is a few tenths of a second in an emulated guest): installed as testinfra's
+    `host.package(name).is_installed` decides it, a wanted state of install or hold and
+    the state "ok installed"."""
+    fields = "${binary:Package}\\t${Package}\\t${Status}\\n"
+    query = f"dpkg-query -f '{fields}' -W " + " ".join(["%s"] * len(names))
+    result = host.run_expect([0, 1], query, *names)
+    installed = dict.fromkeys(names, False)
+    for line in result.stdout.splitlines():
+        qualified, name, status = line.split("\t")
+        words = status.split()
+        ok = words[:1] in (["install"], ["hold"]) and words[1:3] == ["ok", "installed"]
+        for key in {qualified, name} & set(names):
+            installed[key] = installed[key] or ok
+    return installed

@@ -122,3 +122,29 @@ def test_a_playbook_with_ansibles_own_tags_is_read(tmp_path: Path) -> None:
         ("parent", [shared]),
         ("child", [shared]),
     ]
+
+
+def test_a_role_proven_once_goes_to_the_layer_with_the_least_to_run(tmp_path: Path) -> None:
+    """The layers' runs go at once and the step ends with the last one: a role two layers
+    apply alike is proven by the one with fewer specs (the earlier on a tie), still once,
+    in the playbook's order of that layer's roles."""
+    root = _project(tmp_path)
+    specs = root / "tests/spec"
+    shared, mine, theirs = specs / "shared_role", specs / "parent_role", specs / "child_role"
+    extra = specs / "extra_role"
+    extra.mkdir()
+    parent = spec.Layer(
+        "parent",
+        _playbook(root, "parent", ["shared_role", "parent_role", "extra_role"]),
+        [shared, mine, extra],
+    )
+    child = spec.Layer("child", _playbook(root, "child", ["child_role"]), [theirs, shared])
+    plan = spec.layer_specs([parent, child])
+    assert [(layer.image, specs) for layer, specs in plan] == [
+        ("parent", [mine, extra]),
+        ("child", [theirs, shared]),
+    ]
+    # A tie goes to the earlier layer.
+    parent = spec.Layer("parent", parent.playbook, [shared, mine])
+    plan = spec.layer_specs([parent, child])
+    assert [specs for _, specs in plan] == [[shared, mine], [theirs]]

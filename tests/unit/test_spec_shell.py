@@ -8,6 +8,7 @@ remote one, except that the ssh in front of it is left out.
 
 from __future__ import annotations
 
+import base64
 import shlex
 from pathlib import Path
 
@@ -36,6 +37,17 @@ def test_status_stdout_and_stderr_come_back_byte_for_byte(host) -> None:
     r = host.run("printf 'a\\n\\nb\\0\\377'; printf 'oops\\n' >&2; exit 3")
     assert (r.rc, r.stdout_bytes, r.stderr_bytes) == (3, b"a\n\nb\x00\xff", b"oops\n")
     assert host.run("true").stdout_bytes == b""
+
+
+def test_output_comes_back_as_written_whatever_its_last_bytes(host) -> None:
+    """The output is passed through, not encoded: what ends it (no newline, newlines
+    only, a line like the end-of-output line) comes back exactly, and so does a large one."""
+    for out in (b"no newline", b"\n", b"\n\n", b"a\r\n", b"goldsmith-spec-0 0\n"):
+        assert host.run("printf %s | base64 -d", base64.b64encode(out).decode()).stdout_bytes == out
+    assert host.run("head -c 300000 /dev/zero | tr '\\0' x").stdout_bytes == b"x" * 300_000
+    r = host.run("printf 'out'; printf 'err' >&2")
+    assert (r.stdout_bytes, r.stderr_bytes) == (b"out", b"err")
+    assert host.run("exit 7").rc == 7
 
 
 def test_commands_are_quoted_and_run_in_their_own_process(host) -> None:

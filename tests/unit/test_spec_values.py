@@ -49,9 +49,9 @@ def test_reading_a_templated_value_names_the_file_and_key(monkeypatch) -> None:
     assert values["nginx_port"] == 80  # literal: fine
     with pytest.raises(
         conftest.SpecDefaultsError,
-        match=r"nginx/defaults/main.yml: key 'nginx_package' is templated",
+        match=r"nginx/defaults/main.yml: key 'nginx_service' is templated",
     ):
-        values["nginx_package"]  # this OS's name, from vars/Debian.yml
+        values["nginx_service"]  # this OS's name, from vars/Debian.yml
 
 
 def test_a_missing_playbook_is_named(monkeypatch) -> None:

@@ -8,9 +8,31 @@ from __future__ import annotations
 
 import re
 
+import pytest
+from conftest import dpkg_installed
 
-def test_essential_packages_are_installed(host, defaults):
-    missing = [p for p in defaults["base_packages"] if not host.package(p).is_installed]
+
+@pytest.fixture(scope="module")
+def installed(host, defaults) -> dict[str, bool]:
+    """Whether each package the spec checks is installed (one query for all)."""
+    return dpkg_installed(host, [*defaults["base_packages"], "unattended-upgrades"])
+
+
+@pytest.fixture(scope="module")
+def timedate(host) -> dict[str, str]:
+    """What timedatectl says of the clock: one `timedatectl show` for the spec."""
+    out = host.check_output("timedatectl show --property=NTP --property=Timezone")
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+@pytest.fixture(scope="module")
+def apt_config(host) -> str:
+    """apt's effective configuration (`apt-config dump`), read once for the spec."""
+    return host.check_output("apt-config dump")
+
+
+def test_essential_packages_are_installed(installed, defaults):
+    missing = [p for p in defaults["base_packages"] if not installed[p]]
     assert not missing, f"packages not installed: {missing}"
 
 
@@ -21,18 +43,18 @@ def test_time_sync_service_is_enabled_and_running(host, defaults):
     assert timesyncd.is_running == wanted
 
 
-def test_clock_synchronization_is_on(host, defaults):
-    ntp = host.check_output("timedatectl show --property=NTP --value")
-    assert ntp == ("yes" if defaults["base_time_sync_enabled"] else "no")
+def test_clock_synchronization_is_on(timedate, defaults):
+    assert timedate["NTP"] == ("yes" if defaults["base_time_sync_enabled"] else "no")
 
 
-def test_time_zone_is_the_configured_one(host, defaults):
+def test_time_zone_is_the_configured_one(host, timedate, defaults):
     zone = defaults["base_timezone"]
-    assert host.check_output("timedatectl show --property=Timezone --value") == zone
+    assert timedate["Timezone"] == zone
     assert host.file("/etc/timezone").content_string.strip() == zone
-    localtime = host.check_output("readlink -f /etc/localtime")
     # Aliases such as UTC -> Etc/UTC resolve to the same zone file.
-    assert localtime == host.check_output(f"readlink -f /usr/share/zoneinfo/{zone}")
+    resolved = host.check_output(f"readlink -f /etc/localtime /usr/share/zoneinfo/{zone}")
+    localtime, zone_file = resolved.splitlines()
+    assert localtime == zone_file
 
 
 def _normalized(locale: str) -> str:
@@ -58,13 +80,9 @@ def test_login_shells_get_the_default_locale(host, defaults):
     assert "Cannot set" not in lang, lang
 
 
-def _apt_config(host) -> str:
-    return host.check_output("apt-config dump")
-
-
-def test_unattended_upgrades_run_daily(host, defaults):
-    assert host.package("unattended-upgrades").is_installed
-    dump = _apt_config(host)
+def test_unattended_upgrades_run_daily(host, installed, apt_config, defaults):
+    assert installed["unattended-upgrades"]
+    dump = apt_config
     on = "1" if defaults["base_unattended_upgrades_enabled"] else "0"
     assert f'APT::Periodic::Update-Package-Lists "{on}";' in dump
     assert f'APT::Periodic::Unattended-Upgrade "{on}";' in dump
@@ -73,7 +91,7 @@ def test_unattended_upgrades_run_daily(host, defaults):
         assert host.service(timer).is_running, f"{timer} is not active"
 
 
-def test_unattended_upgrades_take_the_configured_origins_only(host, defaults):
-    dump = _apt_config(host)
+def test_unattended_upgrades_take_the_configured_origins_only(apt_config, defaults):
+    dump = apt_config
     patterns = re.findall(r'^Unattended-Upgrade::Origins-Pattern:: "(.*)";$', dump, re.M)
     assert patterns == defaults["base_unattended_upgrades_origins"]

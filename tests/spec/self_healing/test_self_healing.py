@@ -38,19 +38,48 @@ def size(value: str) -> int:
 _SERVICES: list[dict[str, Any]] = expected("self_healing")["self_healing_services"]
 
 
+_PROPERTIES = (
+    "Restart RestartUSec StartLimitIntervalUSec StartLimitBurst MemoryHigh MemoryMax OOMPolicy "
+    "ControlGroup ActiveState"
+).split()
+
+
+@pytest.fixture(scope="module")
+def units(host) -> dict[str, dict[str, str] | None]:
+    """Each listed service's unit -> its effective systemd properties, or None when it is
+    not installed (`systemctl cat` fails), read once for every test of the module: one
+    command for them all (each `systemctl` costs a few tenths of a second in an emulated
+    guest), before any service is killed."""
+    names = [f"{s['name']}.service" for s in _SERVICES]
+    props = " ".join(f"-p {p}" for p in _PROPERTIES)
+    script = "; ".join(
+        f"if systemctl cat {u} >/dev/null; then echo '=' {u}; systemctl show {u} {props}"
+        f" || echo '! {u} show failed'; else echo '-' {u}; fi"
+        for u in names
+    )
+    found: dict[str, dict[str, str] | None] = {}
+    shown: dict[str, str] = {}
+    for line in host.check_output(script).splitlines():
+        if line.startswith(("= ", "- ")):
+            shown = {}
+            found[line[2:]] = shown if line[0] == "=" else None
+        elif line.startswith("! "):
+            pytest.fail(f"systemctl show {line[2:]}")
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            shown[key] = value
+    assert sorted(found) == sorted(names), found
+    return found
+
+
 @pytest.fixture(params=_SERVICES, ids=[s["name"] for s in _SERVICES])
-def service(request, host, defaults) -> dict[str, Any]:
+def service(request, units) -> dict[str, Any]:
     """One listed service, with its effective systemd properties; skipped if not installed."""
     wanted = request.param
     unit = f"{wanted['name']}.service"
-    if host.run(f"systemctl cat {unit}").rc != 0:
+    if units[unit] is None:
         pytest.skip(f"{unit} is not installed on this image")
-    props = host.check_output(
-        f"systemctl show {unit} -p Restart -p RestartUSec -p StartLimitIntervalUSec "
-        "-p StartLimitBurst -p MemoryHigh -p MemoryMax -p OOMPolicy -p ControlGroup -p ActiveState"
-    )
-    shown = dict(line.split("=", 1) for line in props.splitlines() if "=" in line)
-    return {"unit": unit, "wanted": wanted, "shown": shown}
+    return {"unit": unit, "wanted": wanted, "shown": units[unit]}
 
 
 def test_self_healing_is_on(defaults):
@@ -94,26 +123,30 @@ def _revive_script(unit: str, wait: int) -> str:
     """Kill `unit`'s main process with SIGKILL and wait up to `wait` s for systemd to
     start it again; print one line: the unit, 0 (back) or 1/2 (not), what happened. The
     start-limit counter is reset afterwards, so running the spec again does not push
-    the service into its crash-loop limit."""
+    the service into its crash-loop limit.
+
+    Each look at the unit is one `systemctl show` of its MainPID, ActiveState (what
+    `systemctl is-active` prints) and NRestarts, read by the shell itself: the sooner a
+    look ends, the sooner the restart is seen."""
     return (
-        f"old=$(systemctl show -p MainPID --value {unit}); "
+        "look() { pid=0; state=; restarts=0; "
+        f"for kv in $(systemctl show -p MainPID -p ActiveState -p NRestarts {unit}); do "
+        'case "$kv" in MainPID=*) pid=${kv#*=};; ActiveState=*) state=${kv#*=};; '
+        "NRestarts=*) restarts=${kv#*=};; esac; done; }; "
+        "look; old=$pid; before=$restarts; "
         f'[ "$old" -gt 0 ] || {{ echo "{unit} 2 no main process"; exit 0; }}; '
-        f"before=$(systemctl show -p NRestarts --value {unit}); "
         'kill -KILL "$old"; '
-        f"for i in $(seq {wait * 2}); do sleep 0.5; "
-        f"new=$(systemctl show -p MainPID --value {unit}); "
-        f'if [ "$(systemctl is-active {unit})" = active ] && [ "$new" -gt 0 ]'
-        ' && [ "$new" != "$old" ]; then '
-        f"after=$(systemctl show -p NRestarts --value {unit}); "
+        f"for i in $(seq {wait * 2}); do sleep 0.5; look; "
+        'if [ "$state" = active ] && [ "$pid" -gt 0 ] && [ "$pid" != "$old" ]; then '
         f"systemctl reset-failed {unit}; "
-        f'echo "{unit} 0 restarted $old -> $new after $((after - before)) restart(s)"; '
+        f'echo "{unit} 0 restarted $old -> $pid after $((restarts - before)) restart(s)"; '
         "exit 0; fi; done; "
-        f'echo "{unit} 1 not back after {wait}s: $(systemctl is-active {unit})"'
+        f'echo "{unit} 1 not back after {wait}s: $state"'
     )
 
 
 @pytest.fixture(scope="module")
-def revived(host, defaults) -> dict[str, tuple[int, str]]:
+def revived(host, defaults, units) -> dict[str, tuple[int, str]]:
     """Every installed listed service killed at once and awaited together (each restart
     takes its RestartSec; one after the other they would add up): unit -> (status, what
     happened). One remote command does the kills and the waits, so the check survives
@@ -121,7 +154,7 @@ def revived(host, defaults) -> dict[str, tuple[int, str]]:
     scripts = []
     for wanted in _SERVICES:
         unit = f"{wanted['name']}.service"
-        if host.run(f"systemctl cat {unit}").rc == 0:
+        if units[unit] is not None:
             restart_sec = int(wanted.get("restart_sec", defaults["self_healing_restart_sec"]))
             scripts.append(f"( {_revive_script(unit, restart_sec + 60)} ) &")
     out = host.check_output(" ".join([*scripts, "wait"]))
