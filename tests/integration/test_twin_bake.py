@@ -39,6 +39,7 @@ pytestmark = [
 ]
 MINI_REGIONS = ["eu-west-1", "eu-central-1"]
 MINI_PARAM = "/goldsmith/mini/latest"
+TCP = ("tcp", "tcp6")
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +251,10 @@ def test_buildspec_bakes_a_layered_pair_on_the_twin_and_publishes_it(
         # mounted), and the twin found it equal to the stand-in's sealed disk's.
         assert manifest["inventory"]["read"].endswith("the seal's read on the builder matches it")
         assert manifest["inventory"]["packages"] == len(manifest["packages"]) > 100
+        # With what only the live machine shows: sshd listening on port 22.
+        recorded = json.loads((out[image] / "inventory.json").read_text())
+        sshd = [s for s in recorded["listening"] if s["port"] == 22 and s["proto"] in TCP]
+        assert sshd and {s["process"] for s in sshd} == {"sshd"}, recorded["listening"]
         assert sorted(manifest["amis"]) == sorted(settings.regions)
         # Packer 1.6.6 cannot ask for IMDSv2; the guard required it on the (now gone)
         # builder, and Packer's first step, the gate, found it applied there.

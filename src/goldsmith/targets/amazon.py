@@ -409,6 +409,9 @@ class Amazon:
                 f"{bake.work.path / live.INVENTORY_FILE}), {self.what}"
             )
         proof.inventory_read += "; the seal's read on the builder matches it"
+        if proof.inventory is not None and "listening" in found:
+            # What a disk cannot show: the sockets the sealed machine was listening on.
+            proof.inventory["listening"] = found["listening"]
         if plan_has_children(bake.plan):
             # What the AMI holds, for the images layered on it (standalone: no backing file).
             kept = twin.disk_of(bake.plan.root, bake.state["ami"])
