@@ -101,26 +101,6 @@ def scratch(tmp_path: Path) -> Path:
     return copy_project(tmp_path)
 
 
-# Debian security tracker data marking base-files (in every image) fixed in version 99,
-# urgency high: a CVE gate failing on fail_on: high, for the gate checks.
-CVE_TRACKER = {
-    "base-files": {
-        "CVE-2099-0002": {
-            "description": "a test issue",
-            "scope": "local",
-            "releases": {
-                "bookworm": {
-                    "status": "resolved",
-                    "fixed_version": "99",
-                    "urgency": "high",
-                    "repositories": {"bookworm": "99"},
-                }
-            },
-        }
-    }
-}
-
-
 def mini_aws(project: Path, layered: bool = False, share_with: tuple[str, ...] = ()) -> str:
     """The aws section a mini image gets for the twin target: the project's own `base`
     image's (its source filter, two regions so copies really happen, the SSM path); a

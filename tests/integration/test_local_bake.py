@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    CVE_TRACKER,
     ROOT,
     add_kid_image,
     add_mini_image,
@@ -23,6 +22,7 @@ from conftest import (
     qemu_processes,
     vm_processes,
 )
+from cve_kit import CVE_TRACKER
 
 from goldsmith import disk, vm
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    CVE_TRACKER,
     ROOT,
     add_kid_image,
     add_mini_image,
@@ -26,6 +25,7 @@ from conftest import (
     qemu_processes,
     runnable,
 )
+from cve_kit import CVE_TRACKER
 
 from goldsmith.aws import amis, buildspec, reaper, ssm, twin
 from goldsmith.aws.clients import Aws
@@ -128,6 +128,18 @@ def vm_leftovers(root: Path, build_id: str) -> list[str]:
     return stray
 
 
+def add_pair(scratch: Path) -> None:
+    """mini (its spec: /etc/mini says hello) and kid layered on it, both for the twin; kid
+    shared with one account. The same inputs in every test, so mini is reused."""
+    add_mini_image(
+        scratch,
+        "def test_marker_says_hello(host):\n"
+        "    assert host.file('/etc/mini').content_string == 'hello\\n'\n",
+        targets=("local", "twin"),
+    )
+    add_kid_image(scratch, targets=("local", "twin"), share_with=("111122223333",))
+
+
 @pytest.fixture
 def pointer_set(twin_aws: Aws) -> str:
     """/goldsmith/mini/latest pointing at a known AMI (the seeded Debian) in every region."""
@@ -215,13 +227,7 @@ def test_buildspec_bakes_a_layered_pair_on_the_twin_and_publishes_it(
     the disk the twin kept behind that AMI; mini's spec runs on kid too. Then the AWS CLI
     looks at what was published. The checks (lint, unit tests) are `./run test`'s own
     first steps, so this build skips them (GOLDSMITH_CHECKS=0)."""
-    add_mini_image(
-        scratch,
-        "def test_marker_says_hello(host):\n"
-        "    assert host.file('/etc/mini').content_string == 'hello\\n'\n",
-        targets=("local", "twin"),
-    )
-    add_kid_image(scratch, targets=("local", "twin"), share_with=("111122223333",))
+    add_pair(scratch)
     code = buildspec.run(
         ROOT / "buildspec.yml",
         {
@@ -313,13 +319,7 @@ def test_the_cve_gate_fails_on_the_builder_and_registers_no_ami(
     base-files fixed in a version it does not have: Packer fails at the gate, naming both,
     and no AMI, instance or VM is left. mini, as the test above made it, is reused (when
     this test runs alone, it is baked first)."""
-    add_mini_image(
-        scratch,
-        "def test_marker_says_hello(host):\n"
-        "    assert host.file('/etc/mini').content_string == 'hello\\n'\n",
-        targets=("local", "twin"),
-    )
-    add_kid_image(scratch, targets=("local", "twin"), share_with=("111122223333",))
+    add_pair(scratch)
     (scratch / "security").mkdir()
     (scratch / "security/tracker.json").write_text(json.dumps(CVE_TRACKER))
     catalogue = scratch / "images.yml"

@@ -9,27 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cve_kit import CVE_TRACKER
 
 from goldsmith import inventory
 from goldsmith.errors import GoldsmithError
 from goldsmith.targets import live
-
-TRACKER = {
-    "base-files": {
-        "CVE-2099-0002": {
-            "description": "a test issue",
-            "scope": "local",
-            "releases": {
-                "bookworm": {
-                    "status": "resolved",
-                    "fixed_version": "99",
-                    "urgency": "high",
-                    "repositories": {"bookworm": "99"},
-                }
-            },
-        }
-    }
-}
 
 
 def found(**parts: Any) -> dict[str, Any]:
@@ -97,7 +81,7 @@ def policy_project(project: Any, allow: bool = False) -> Path:
             'reason: "accepted here", expires: 2099-12-31}\n'
         )
     project.catalogue(project.CATALOGUE.replace("images:\n", policy + "images:\n", 1))
-    project.write("security/tracker.json", json.dumps(TRACKER))
+    project.write("security/tracker.json", json.dumps(CVE_TRACKER))
     return project.root / "images.yml"
 
 
