@@ -282,6 +282,9 @@ def shared_vars(bake: Bake) -> dict[str, Any]:
     )
     spec_cmd = [sys.executable, "-m", "goldsmith.spec", "live", "--layers", str(layers)]
     spec_cmd += ["--junit", str(bake.live_junit), "--key", str(bake.key), "--root", str(p.root)]
+    if p.target == "local":
+        # Its inventory comes from the sealed disk: the live machine's sockets are read here.
+        spec_cmd += ["--listening", str(bake.live_listening)]
     return {
         "image_name": p.image.name,
         "git_sha": bake.git["sha"],

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from . import tools
+from . import inventory, tools
 from .errors import GoldsmithError
 from .roles import RoleMap, playbook_vars
 from .yamlfile import AnsibleLoader
@@ -363,6 +363,54 @@ def write_layers(path: Path, layers: list[Layer]) -> Path:
     return path
 
 
+# One program on the machine prints its listening sockets: goldsmith.inventory's reader
+# (standard library only), fed on standard input to the machine's own python3.
+_LISTENING_MAIN = "\nimport json as _j, sys as _s\n_j.dump(live_listeners(), _s.stdout)\n"
+
+
+def read_listening(host: str, port: str, user: str, key: Path, timeout: float = 120) -> list:
+    """The sockets the live machine at `host`:`port` listens on (inventory.live_listeners,
+    run there as root over SSH, so each socket's process can be read); raises
+    GoldsmithError when they cannot be read."""
+    source = Path(inventory.__file__).read_text() + _LISTENING_MAIN
+    argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes"]
+    argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    argv += ["-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", f"{user}@{host}"]
+    argv += ["sudo -n python3 -I -"]
+    try:
+        done = subprocess.run(
+            argv, input=source, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise GoldsmithError(
+            f"reading the machine's listening sockets took over {timeout:.0f} s"
+        ) from None
+    return parse_listening(done.returncode, done.stdout, done.stderr)
+
+
+def parse_listening(status: int, out: str, err: str) -> list:
+    """The reader's output as a list of sockets, or GoldsmithError saying what went wrong."""
+    if status != 0:
+        raise GoldsmithError(
+            f"reading the machine's listening sockets failed (exit {status}): "
+            + (err.strip().splitlines() or ["no message"])[-1]
+        )
+    try:
+        found = json.loads(out)
+    except ValueError:
+        raise GoldsmithError(
+            f"the machine's listening sockets are not JSON: {out[:200]!r}"
+        ) from None
+    keys = {"proto", "address", "port", "process"}
+    if not isinstance(found, list) or not all(
+        isinstance(x, dict) and set(x) == keys for x in found
+    ):
+        raise GoldsmithError(
+            f"the machine's listening sockets are not a list of sockets: {out[:200]!r}"
+        )
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m goldsmith.spec live ...`: the build's spec step, run by Packer's shell-local.
 
@@ -378,10 +426,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--junit", type=Path, required=True)
     p.add_argument("--key", type=Path, required=True)
     p.add_argument("--root", type=Path, required=True)
+    p.add_argument(
+        "--listening",
+        type=Path,
+        help="first read the sockets the machine listens on into this JSON file",
+    )
     args = p.parse_args(argv)
     host = os.environ.get("GOLDSMITH_SPEC_HOST", "127.0.0.1")
     port = os.environ.get("GOLDSMITH_SPEC_PORT", "22")
     user = os.environ["GOLDSMITH_SPEC_USER"]
+    if args.listening:
+        # Before the specs: a self-healing spec kills services, and a socket of one that
+        # is starting again might be missed. Its own phase in the build's timings.
+        tools.log("listening", "reading the sockets the machine listens on")
+        try:
+            found = read_listening(host, port, user, args.key)
+        except GoldsmithError as err:
+            tools.log("listening", f"{err}: the image will not be sealed")
+            return 1
+        args.listening.write_text(json.dumps(found, indent=2) + "\n")
+        tools.log("spec", f"proving the machine ({len(found)} listening sockets read)")
     layers = [
         Layer(x["image"], Path(x["playbook"]), [Path(d) for d in x["specs"]])
         for x in json.loads(args.layers.read_text())

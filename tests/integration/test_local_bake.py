@@ -84,6 +84,13 @@ def test_base_build_records_inventory_and_sbom_beside_the_manifest(baked_base: P
     assert {p["name"]: p["version"] for p in inventory["packages"].values()} == manifest["packages"]
     assert inventory["os"]["codename"] == "bookworm" and inventory["kernels"]
     assert "ssh.service" in inventory["units"] and "etc/ssh/sshd_config" in inventory["etc"]
+    # What the disk cannot show, read on the live machine before its specs.
+    assert "listening" in inventory, (
+        "base's proven build predates live sockets: ./run build --image base --force"
+    )
+    assert entry["read"].endswith("; listening sockets read on the live machine before its specs")
+    ports = {(x["proto"], x["port"], x["process"]) for x in inventory["listening"]}
+    assert {("tcp", 22, "sshd"), ("tcp6", 9100, "prometheus-node")} <= ports, ports
     sbom = json.loads((baked_base / manifest["sbom"]["file"]).read_text())
     assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.6"
     assert len(sbom["components"]) == len(inventory["packages"])

@@ -95,6 +95,12 @@ class Bake:
     def hygiene_junit(self) -> Path:
         return self.work.path / "junit-hygiene.xml"
 
+    @property
+    def live_listening(self) -> Path:
+        """The sockets the live machine listened on before its specs ran (a local bake,
+        whose inventory is read from its sealed disk, which cannot show them)."""
+        return self.work.path / "listening-live.json"
+
 
 @dataclass
 class SealProof:

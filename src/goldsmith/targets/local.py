@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import time
 from pathlib import Path
@@ -97,6 +98,24 @@ def prove_on_disk(
     )
     how = "hygiene spec on the sealed disk (read-only mount)"
     return SealProof(hygiene, packages, how, inventory=found, gate=gate)
+
+
+def read_listening(bake: Bake, nothing_made: str) -> list[dict[str, Any]]:
+    """The listening sockets the spec step read off the live machine (a list, as
+    inventory.live_listeners gives it); GoldsmithError if they were not read."""
+    path = bake.live_listening
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise GoldsmithError(
+            f"{bake.plan.image.name}: the live machine's listening sockets were not read "
+            f"({path.name}: {err}), {nothing_made}"
+        ) from None
+    if not isinstance(found, list):
+        raise GoldsmithError(
+            f"{bake.plan.image.name}: {path.name} holds no list of sockets, {nothing_made}"
+        )
+    return found
 
 
 class Local:
@@ -198,6 +217,11 @@ class Local:
 
     def prove_seal(self, bake: Bake) -> SealProof:
         proof = prove_on_disk(bake, bake.state["disk"], self.what)
+        if proof.inventory is not None:
+            # What a disk cannot show: the sockets the live machine listened on, read
+            # before its specs (goldsmith.spec.main).
+            proof.inventory["listening"] = read_listening(bake, self.what)
+            proof.inventory_read += "; listening sockets read on the live machine before its specs"
         # Only a proven disk goes into the staged output.
         t = time.monotonic()
         shutil.move(str(bake.state["disk"]), bake.staged / bake.state["disk"].name)
