@@ -102,6 +102,8 @@ def preflight(p: Plan, target: Target) -> None:
     tools.log("preflight", "the specs load (pytest --collect-only)")
     specs = {d for layer in p.layers for d in layer.role_map.specs.values()}
     spec.collect([*sorted(specs), spec.hygiene_dir(p.root)], p.root)
+    for d in sorted(specs):
+        spec.declared(d)  # what a spec declares it relies on: a bad value fails here
     check_tracker(p)
     target.check(p)
 

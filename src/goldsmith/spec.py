@@ -9,6 +9,7 @@ every image gets it, against what ships.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import subprocess
@@ -19,12 +20,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from . import inventory, tools
 from .errors import GoldsmithError
-from .roles import RoleMap, playbook_vars
+from .roles import RoleMap, playbook_vars, role_defaults
 from .yamlfile import AnsibleLoader
 
 HYGIENE = "hygiene"
@@ -230,6 +232,120 @@ class Layer:
     specs: list[Path]
 
 
+# What a spec folder declares in its test modules, as module-level literals (read here,
+# not run): UNITS, the systemd units whose state its checks rely on; RESTARTS, the name of
+# the role variable listing the services it kills to prove they come back (each entry a
+# name or a mapping with `name`; `.service` is added to a name without a unit suffix).
+UNITS = "UNITS"
+RESTARTS = "RESTARTS"
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A spec folder's declarations: `units` None when a module of it declares none (it
+    may then rely on any unit), `restarts` the variable's name or None."""
+
+    units: frozenset[str] | None
+    restarts: str | None
+
+
+def declared(folder: Path) -> Declared:
+    """Read UNITS and RESTARTS from the folder's test modules; GoldsmithError naming the
+    file, the name and the value when one is not what it must be. A module that does not
+    parse declares nothing (pytest's collection names its error)."""
+    units: set[str] | None = set()
+    restarts: str | None = None
+    for module in sorted(folder.glob("test_*.py")):
+        try:
+            tree = ast.parse(module.read_text(), filename=str(module))
+        except SyntaxError:
+            return Declared(None, None)
+        values = _module_literals(module, tree, (UNITS, RESTARTS))
+        if UNITS not in values:
+            units = None
+        elif units is not None:
+            value = values[UNITS]
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(u, str) and u for u in value
+            ):
+                raise GoldsmithError(
+                    f"{module}: {UNITS} must be a list of systemd unit names, not {value!r}"
+                )
+            units |= {unit_name(u) for u in value}
+        if RESTARTS in values:
+            value = values[RESTARTS]
+            if not isinstance(value, str) or not value.isidentifier():
+                raise GoldsmithError(
+                    f"{module}: {RESTARTS} must name a role variable, not {value!r}"
+                )
+            restarts = value
+    return Declared(None if units is None else frozenset(units), restarts)
+
+
+def _module_literals(module: Path, tree: ast.Module, names: tuple[str, ...]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id in names:
+                try:
+                    found[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    raise GoldsmithError(
+                        f"{module}:{node.lineno}: {target.id} must be a literal "
+                        f"(goldsmith reads it without running the spec), not "
+                        f"{ast.unparse(value)!r}"
+                    ) from None
+    return found
+
+
+def unit_name(name: str) -> str:
+    """A systemd unit's full name: `.service` added to a bare service name."""
+    return name if "." in name else f"{name}.service"
+
+
+def restarted_units(runs: list[tuple[Layer, list[Path]]], root: Path) -> frozenset[str] | None:
+    """The units the runs' specs kill (each spec declaring RESTARTS, with the values its
+    layer gives the role: its defaults and the playbook's vars); None when a list cannot
+    be read as names, so nothing is split."""
+    killed: set[str] = set()
+    for layer, specs in runs:
+        plays = None
+        for d in specs:
+            var = declared(d).restarts
+            if var is None:
+                continue
+            if plays is None:
+                plays = yaml.load(layer.playbook.read_text(), Loader=AnsibleLoader) or []
+            values = {**role_defaults(d.name, root), **playbook_vars(plays, d.name)}
+            services = values.get(var)
+            if not isinstance(services, list):
+                return None
+            for entry in services:
+                name = entry.get("name") if isinstance(entry, dict) else entry
+                if not isinstance(name, str) or not name or "{{" in name:
+                    return None
+                killed.add(unit_name(name))
+    return frozenset(killed)
+
+
+def split_run(specs: list[Path], killed: frozenset[str]) -> tuple[list[Path], list[Path]]:
+    """A run's specs in two runs that may go at once: (those that kill services or may
+    rely on one that is killed, in their order; those whose declared units none of the
+    runs kills). The second run's checks overlap the first's waits for restarts."""
+    aside = []
+    for d in specs:
+        found = declared(d)
+        if found.restarts is None and found.units is not None and not found.units & killed:
+            aside.append(d)
+    return [d for d in specs if d not in aside], aside
+
+
 def run_layers(
     layers: list[Layer],
     *,
@@ -268,6 +384,24 @@ def run_layers(
         runs.append((layer, specs, junit.with_suffix(f".{layer.image}.xml")))
     if not runs:
         return None
+    killed = restarted_units([(layer, specs) for layer, specs, _ in runs], root)
+    if killed:
+        # The specs that neither kill a service nor rely on one that is killed go in a
+        # run of their own, beside their layer's: their checks overlap the restarts'
+        # waits (RestartSec each) instead of coming before them.
+        split: list[tuple[Layer, list[Path], Path]] = []
+        for layer, specs, part in runs:
+            main, aside = split_run(specs, killed)
+            if main and aside:
+                tools.log(
+                    "spec",
+                    f"{layer.image}: {', '.join(d.name for d in aside)} in a run of their own "
+                    f"(no unit they rely on is restarted by a spec: {', '.join(sorted(killed))})",
+                )
+                split += [(layer, main, part), (layer, aside, part.with_suffix(".aside.xml"))]
+            else:
+                split.append((layer, specs, part))
+        runs = split
     started: list[subprocess.Popen] = []
     pool = ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="spec")
     try:

@@ -8,29 +8,12 @@ The specs are real pytest files run by real pytest processes against this machin
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import yaml
+from spec_kit import MEETS
 
 from goldsmith import spec
-
-# Each layer's spec announces itself, then waits (up to a minute) for the other layer's:
-# run one after the other, the first would give up and fail.
-_WAITS_FOR = textwrap.dedent(
-    """
-    import os, time
-    from pathlib import Path
-
-    def test_{me}_meets_{other}():
-        rendezvous = Path(os.environ["RENDEZVOUS"])
-        (rendezvous / "{me}").touch()
-        deadline = time.monotonic() + 60
-        while not (rendezvous / "{other}").exists():
-            assert time.monotonic() < deadline, "{other}'s specs never ran beside mine"
-            time.sleep(0.05)
-    """
-)
 
 
 def _project(tmp_path: Path) -> Path:
@@ -38,7 +21,7 @@ def _project(tmp_path: Path) -> Path:
     for role, other in (("parent_role", "child_role"), ("child_role", "parent_role")):
         d = root / "tests/spec" / role
         d.mkdir(parents=True)
-        (d / f"test_{role}.py").write_text(_WAITS_FOR.format(me=role, other=other))
+        (d / f"test_{role}.py").write_text(MEETS.format(decl="", me=role, other=other))
     shared = root / "tests/spec/shared_role"
     shared.mkdir()
     (shared / "test_shared_role.py").write_text("def test_shared():\n    pass\n")

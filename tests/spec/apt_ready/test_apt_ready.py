@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+# No systemd unit: only what apt sees (see tests/spec/README.md).
+UNITS: tuple[str, ...] = ()
+
 # The source file apt_ready writes when the image's own sources lack the security archive.
 _ADDED = "/etc/apt/sources.list.d/goldsmith-security.sources"
 

@@ -11,6 +11,9 @@ import re
 import pytest
 from conftest import dpkg_installed
 
+# The units these checks rely on (see tests/spec/README.md).
+UNITS = ("systemd-timesyncd.service", "apt-daily.timer", "apt-daily-upgrade.timer")
+
 
 @pytest.fixture(scope="module")
 def installed(host, defaults) -> dict[str, bool]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import http_get_all
 
+# The unit these checks rely on (see tests/spec/README.md).
+UNITS = ("nginx.service",)
+
 
 @pytest.fixture(scope="module")
 def base_url(defaults) -> str:

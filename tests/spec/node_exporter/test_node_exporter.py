@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# The unit these checks rely on (see tests/spec/README.md).
+UNITS = ("prometheus-node-exporter.service",)
+
 
 @pytest.fixture(scope="module")
 def address(defaults) -> str:

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from conftest import expected
 
+# The role variable listing the services this spec kills (see tests/spec/README.md).
+RESTARTS = "self_healing_services"
+
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600, "d": 86400}
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 

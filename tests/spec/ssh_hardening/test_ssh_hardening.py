@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+# The unit these checks rely on (see tests/spec/README.md).
+UNITS = ("ssh.service",)
+
 
 @pytest.fixture(scope="module")
 def sshd(host) -> dict[str, str]:
