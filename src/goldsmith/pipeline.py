@@ -592,6 +592,11 @@ def plan_all(
                 "action": d.action,
                 "last": label,
                 "last_fingerprint": last.get("fingerprint"),
+                # What the last proven build was baked from and where it is (an AMI's
+                # tags, a manifest): a validation bake's reference (goldsmith.validate).
+                "last_build": {k: last.get(k) for k in ("build_id", "git", "ami", "region")}
+                if last
+                else None,
                 "changed": d.changed,
             }
             if d.last is None:

@@ -6,10 +6,13 @@ the proven builds kept here say about each image.
 
 Per image and target: the plan (reuse or rebake, the inputs that changed), the last
 proven build, its specs, the roles without specs, what changed against the build it
-replaced (or the build proven as of a git ref), its SBOM and its CVE gate. A validation
-build bakes nothing: an image's section then says so and names the last proven build
-the plan found; what a build recorded is shown when its folder is here (a local build,
-a CI cache). Nothing is baked or changed; only the two report files are written.
+replaced (or the build proven as of a git ref), its SBOM and its CVE gate. Without
+`validations` nothing was baked: an image's section then says so and names the last
+proven build the plan found; what a build recorded is shown when its folder is here (a
+local build, a CI cache). With them (goldsmith.validate, `./run report --bake`), each
+image that would rebake has a local validation bake of the checkout, whose specs, SBOM
+and CVE gate are shown, compared with a local bake of the commit its last proven build
+was baked from. Only the two report files are written here.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import outputs
 from .catalogue import Catalogue
 from .errors import GoldsmithError
 from .paths import build_dir
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .validate import Validation
 
 MARKDOWN = "pr-report.md"
 JSON = "pr-report.json"
@@ -78,22 +84,27 @@ def collect(
     *,
     git: dict[str, Any],
     base_ref: str | None = None,
+    validations: dict[tuple[str, str], Validation] | None = None,
 ) -> Report:
     """The report for the plan `rows`, from what build/<image>/<target>/ holds.
 
     `git`: the checkout the run is on ({"sha", "dirty"}); `base_ref`: compare each build
-    with the one proven as of this git ref instead of the build it replaced."""
+    with the one proven as of this git ref instead of the build it replaced (without
+    validation bakes; with them it is the reference where the plan finds none);
+    `validations`: goldsmith.validate.run's, keyed (image, target)."""
     report = Report(
         {
             "format": 1,
             "git": git,
             "base_ref": base_ref,
+            "validation_bake": validations is not None,
             "rebake": sorted({r["image"] for r in rows if r.get("action") != "reuse"}),
             "images": [],
         }
     )
     for row in rows:
-        entry, diff_md = _entry(root, catalogue, row, base_ref)
+        v = (validations or {}).get((row["image"], row["target"]))
+        entry, diff_md = _entry(root, catalogue, row, base_ref, v)
         report.data["images"].append(entry)
         if diff_md is not None:
             report.diffs[f"{entry['image']}/{entry['target']}"] = diff_md
@@ -101,12 +112,19 @@ def collect(
 
 
 def _entry(
-    root: Path, catalogue: Catalogue, row: dict[str, Any], base_ref: str | None
+    root: Path,
+    catalogue: Catalogue,
+    row: dict[str, Any],
+    base_ref: str | None,
+    v: Validation | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     image, target = row["image"], row["target"]
     img = catalogue.image(image)
     d = outputs.target_dir(root, image, target)
     manifest = _manifest(d / outputs.MANIFEST)
+    # A validation bake's build (local) is what the specs, SBOM and gate are read from.
+    baked = v.new.manifest if v is not None and v.new is not None else None
+    where, shown = (outputs.target_dir(root, image, "local"), baked) if baked else (d, manifest)
     plan = {k: row.get(k) for k in ("action", "fingerprint", "last", "changed", "note")}
     build = None
     if manifest is not None:
@@ -117,9 +135,20 @@ def _entry(
             "fingerprint": manifest.get("fingerprint"),
             "current": manifest.get("fingerprint") == row.get("fingerprint"),
         }
-    last = row.get("last") or (f"build {build['build_id']}" if build else None)
+    last = row.get("last")
+    if not last and build and not baked:  # (a validation bake's own build is not the last)
+        last = f"build {build['build_id']}"
     if row.get("action") == "reuse":
         status = f"proven with these inputs: {last}; nothing to rebake"
+    elif baked:
+        status = (
+            f"baked locally for validation in this run (build {baked.get('build_id')}); "
+            f"last proven {target} build: {last or 'none'}"
+        )
+    elif v is not None and v.errors:
+        status = f"the validation bake failed; last proven build: {last or 'none'}"
+    elif v is not None and v.none:
+        status = f"not baked in this run, {v.none}; last proven build: {last or 'none'}"
     else:
         status = f"not baked in this run; last proven build: {last or 'none'}"
     entry: dict[str, Any] = {
@@ -128,13 +157,36 @@ def _entry(
         "plan": plan,
         "status": status,
         "build": build,
-        "specs": (manifest or {}).get("specs"),
+        "specs": (shown or {}).get("specs"),
+        "specs_build": (shown or {}).get("build_id"),
         "uncovered_roles": list(catalogue.role_map(img).uncovered),
-        "sbom": _sbom(d, manifest),
-        "cve_gate": _cve_gate(manifest, img.vulnerabilities is not None),
+        "sbom": _sbom(where, shown),
+        "cve_gate": _cve_gate(shown, img.vulnerabilities is not None),
+        "validation": v.to_dict() if v is not None else None,
     }
-    entry["changes"], diff_md = _changes(root, image, target, manifest, base_ref)
+    if v is not None and not v.none:
+        entry["changes"], diff_md = _validation_changes(v)
+    else:
+        entry["changes"], diff_md = _changes(root, image, target, manifest, base_ref)
     return entry, diff_md
+
+
+def _validation_changes(v: Validation) -> tuple[dict[str, Any], str | None]:
+    result = v.comparison
+    if result is None:
+        return {"none": v.missing or "; ".join(v.errors) or "no reference"}, None
+    return _facts(result)
+
+
+def _facts(result: outputs.Comparison) -> tuple[dict[str, Any], str]:
+    """A comparison's facts for the JSON, and its markdown."""
+    facts = {
+        "old": result.old.describe(),
+        "new": result.new.describe(),
+        "changed": not result.diff.empty,
+        "changes": result.diff.to_dict(),
+    }
+    return facts, result.to_markdown()
 
 
 def _manifest(path: Path) -> dict[str, Any] | None:
@@ -157,13 +209,7 @@ def _changes(
             result = outputs.compare(root, image, target)
     except GoldsmithError as err:  # NothingToCompare, or an inventory changed after its build
         return {"none": str(err)}, None
-    facts = {
-        "old": result.old.describe(),
-        "new": result.new.describe(),
-        "changed": not result.diff.empty,
-        "changes": result.diff.to_dict(),
-    }
-    return facts, result.to_markdown()
+    return _facts(result)
 
 
 def _sbom(d: Path, manifest: dict[str, Any] | None) -> dict[str, Any]:
@@ -208,7 +254,16 @@ def _markdown(report: Report) -> str:
     rebake = data["rebake"]
     plan = f"would rebake {', '.join(rebake)}" if rebake else "nothing to rebake"
     out += [f"{head}. Plan: {plan}.", ""]
-    if data.get("base_ref"):
+    if data.get("validation_bake"):
+        out += [
+            "Each image that would rebake was baked locally for validation (its specs ran "
+            "inside the bake) and is compared with a local bake of the commit its last "
+            "proven build was baked from"
+            + (f", else of `{data['base_ref']}`" if data.get("base_ref") else "")
+            + ": the same base and the same goldsmith on both sides.",
+            "",
+        ]
+    elif data.get("base_ref"):
         out += [f"Changes are against the build proven as of `{data['base_ref']}`.", ""]
     out += [
         "| image | target | plan | specs | uncovered roles | SBOM | CVE gate |",
@@ -243,6 +298,7 @@ def _section(e: dict[str, Any], diff_md: str | None) -> list[str]:
         kept += f", commit `{str(git.get('sha') or 'unknown')[:12]}`"
         kept += "" if build["current"] else ", its inputs differ from this change's"
         out.append(kept + ").")
+    out += _validation_lines(e.get("validation"))
     out.append(f"- Specs: {_specs_long(e)}.")
     uncovered = e["uncovered_roles"]
     if uncovered:
@@ -263,7 +319,24 @@ def _section(e: dict[str, Any], diff_md: str | None) -> list[str]:
     return out
 
 
+def _validation_lines(v: dict[str, Any] | None) -> list[str]:
+    if not v or "none" in v:
+        return []
+    out = []
+    ref = v.get("reference")
+    if ref:
+        line = f"- Reference: a local bake of commit `{ref['commit'][:12]}`, {ref['describe']}"
+        how = (v.get("reference_build") or {}).get("how")
+        out.append(line + (f"; {how}." if how else "."))
+        if ref.get("note"):
+            out.append(f"- Reference note: {ref['note']}.")
+    out += [f"- Validation FAILED: {err}" for err in v.get("errors") or []]
+    return out
+
+
 def _specs_short(e: dict[str, Any]) -> str:
+    if (e.get("validation") or {}).get("errors"):
+        return "bake failed"
     live = (e["specs"] or {}).get("live")
     if not live:
         return "—"
@@ -272,6 +345,9 @@ def _specs_short(e: dict[str, Any]) -> str:
 
 
 def _specs_long(e: dict[str, Any]) -> str:
+    v = e.get("validation") or {}
+    if v.get("errors") and not v.get("new"):
+        return "the validation bake failed before its specs passed (see above)"
     specs = e["specs"] or {}
     live = specs.get("live")
     if not live:
@@ -283,7 +359,7 @@ def _specs_long(e: dict[str, Any]) -> str:
     hygiene = specs.get("hygiene")
     if hygiene:
         text += f"; hygiene {hygiene.get('passed', 0)} passed, {hygiene.get('failed', 0)} failed"
-    return f"{text} (build {e['build']['build_id']})"
+    return f"{text} (build {e.get('specs_build') or e['build']['build_id']})"
 
 
 def _sbom_line(sbom: dict[str, Any]) -> str:

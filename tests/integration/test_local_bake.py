@@ -387,6 +387,85 @@ def test_a_role_change_shows_in_diff_and_the_cve_gate_stops_a_bake(mini_project:
                                "changed": {}, "removed": {}}}  # fmt: skip
 
 
+def git(root: Path, *args: str) -> str:
+    who = ["-c", "user.name=goldsmith", "-c", "user.email=goldsmith@example.invalid"]
+    done = subprocess.run(["git", *who, *args], cwd=root, check=True, capture_output=True)
+    return done.stdout.decode().strip()
+
+
+def test_report_bake_shows_what_a_committed_role_change_does_to_the_image(
+    mini_project: Path,
+) -> None:
+    """`./run report --bake` in a pull request's checkout: kid's role installs one more
+    package in a commit. The plan's last proven kid build (the tests above proved it) is
+    the reference: it stands for the commit before, whose worktree gives the same
+    fingerprint, so it is reused, not baked again; the change is baked locally (mini,
+    its parent, reused) with its specs, and the report names the package as added and
+    nothing else. Nothing is left behind: no worktree, VM, mount or work folder."""
+    catalogue = mini_project / "images.yml"
+    if "\n  kid:\n" not in catalogue.read_text():  # this test alone: kid is baked first
+        add_kid_image(mini_project)
+    # base and web are other tests' (neither's entry is in mini's or kid's fingerprint).
+    text = catalogue.read_text()
+    catalogue.write_text(text[: text.index("  base:\n    base: debian12\n")])
+    proven = invoke(mini_project, "build", "--image", "kid")
+    assert proven.returncode == 0, proven.stdout[-3000:] + proven.stderr
+    (mini_project / ".gitignore").write_text("build/\n.cache\n")
+    git(mini_project, "init", "-q", "-b", "main")
+    git(mini_project, "add", "-A")
+    git(mini_project, "commit", "-q", "-m", "kid as proven")
+    before = git(mini_project, "rev-parse", "HEAD")
+    # kid's proven build was baked from exactly these files, before the folder was a git
+    # checkout: record the commit it stands for, as a build of it in CI would have.
+    out = mini_project / "build/kid/local"
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(
+        json.dumps(manifest | {"git": {"sha": before, "dirty": False}})
+    )
+    assert plan_of(mini_project, "kid")["action"] == "reuse"
+
+    with (mini_project / "roles/kid/tasks/main.yml").open("a") as f:
+        # apt-get itself: the apt module needs python3-apt, which the image does not have.
+        f.write(
+            "- name: Refresh the package lists\n"
+            "  ansible.builtin.command: apt-get update -q\n  changed_when: false\n"
+            "- name: Install GNU hello\n"
+            "  ansible.builtin.command: apt-get install -y -q --no-install-recommends hello\n"
+            "  changed_when: true\n"
+        )
+    git(mini_project, "commit", "-q", "-am", "kid installs hello")
+    started = time.monotonic()
+    proc = invoke(mini_project, "report", "--target", "local", "--bake")
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    print(f"report --bake took {took:.0f}s")
+    data = json.loads((mini_project / "build/report/pr-report.json").read_text())
+    entries = {e["image"]: e for e in data["images"]}
+    assert data["rebake"] == ["kid"] and entries["mini"]["validation"] is None
+    kid = entries["kid"]
+    v = kid["validation"]
+    assert v["errors"] == [] and v["reference"]["commit"] == before
+    assert v["reference"]["source"] == "published"
+    assert v["reference_build"]["build_id"] == manifest["build_id"]
+    assert v["reference_build"]["how"].startswith(
+        f"reused the local build {manifest['build_id']} kept in build/kid/local/"
+    )
+    changes = v["changes"]
+    assert set(changes) == {"packages"}, changes
+    assert list(changes["packages"]["added"]) == ["hello"], changes["packages"]
+    assert not changes["packages"]["removed"] and not changes["packages"]["changed"]
+    baked = json.loads((out / "manifest.json").read_text())
+    assert v["new"]["build_id"] == baked["build_id"] != manifest["build_id"]
+    assert baked["git"] == {"sha": git(mini_project, "rev-parse", "HEAD"), "dirty": False}
+    assert kid["specs"]["live"]["passed"] == 2 and kid["specs"]["live"]["failed"] == 0
+    assert "TASK [mini :" not in proc.stdout + proc.stderr  # mini, the parent, was reused
+    md = (mini_project / "build/report/pr-report.md").read_text()
+    assert f"- Reference: a local bake of commit `{before[:12]}`" in md
+    assert "- added `hello` " in md
+    assert leftovers(mini_project) == []
+    assert git(mini_project, "worktree", "list").count("\n") == 0
+
+
 def test_spec_that_does_not_load_fails_before_any_vm(scratch: Path) -> None:
     (scratch / "tests/spec/base/test_broken.py").write_text("def test_x(host:\n    pass\n")
     proc = invoke(scratch, "build", "--image", "base", timeout=300)

@@ -162,14 +162,24 @@ def test_a_packer_other_than_the_pinned_one_stops_the_build(
 
 
 @pytest.mark.parametrize(
-    ("mode", "bakes"), [("validate", False), ("release", True), ("relase", None)]
+    ("mode", "bakes", "validate_bake"),
+    [
+        ("validate", False, "1"),
+        ("validate", False, "0"),
+        ("release", True, "1"),
+        ("relase", None, "1"),
+        ("validate", None, "yes"),
+    ],
 )
 def test_a_validation_build_lints_tests_and_plans_but_never_bakes_or_publishes(
-    tmp_path: Path, mode: str, bakes: bool | None
+    tmp_path: Path, mode: str, bakes: bool | None, validate_bake: str
 ) -> None:
     """The real phases (install's Packer steps left out) with stand-ins for `./run` and the
     venv's python that record how they were called; the CI stack's pr project sets
-    GOLDSMITH_MODE=validate. A mode that is neither stops the build before anything runs."""
+    GOLDSMITH_MODE=validate. A mode that is neither stops the build before anything runs,
+    and so does a GOLDSMITH_VALIDATE_BAKE that is neither 1 nor 0. A validation build's
+    report bakes locally (`--bake`) unless GOLDSMITH_VALIDATE_BAKE is 0; it never runs
+    `build` for the target nor publishes."""
     spec = buildspec.load(ROOT / "buildspec.yml")
     calls = tmp_path / "calls.txt"
     record = f'#!/bin/sh\necho "$0 $*" >> {calls}\n'
@@ -190,7 +200,8 @@ def test_a_validation_build_lints_tests_and_plans_but_never_bakes_or_publishes(
     }
     path = tmp_path / "buildspec.yml"
     path.write_text(yaml.safe_dump(mini))
-    rc = buildspec.run(path, {"GOLDSMITH_MODE": mode, "CODEBUILD_BUILD_SUCCEEDING": "1"}, tmp_path)
+    env = {"GOLDSMITH_MODE": mode, "CODEBUILD_BUILD_SUCCEEDING": "1"}
+    rc = buildspec.run(path, env | {"GOLDSMITH_VALIDATE_BAKE": validate_bake}, tmp_path)
     ran = calls.read_text().splitlines() if calls.exists() else []
     if bakes is None:
         assert rc != 0 and ran == []
@@ -212,9 +223,12 @@ def test_a_validation_build_lints_tests_and_plans_but_never_bakes_or_publishes(
         assert reported == []
     else:
         assert built == [] and published == []
-        # The pull request's report, once, after the plan of every image.
-        assert reported == ["report --target aws"]
-        assert run.index("report --target aws") > run.index("plan --image web --target aws")
+        # The pull request's report, once, after the plan of every image: with its local
+        # validation bakes by default (buildspec.yml's GOLDSMITH_VALIDATE_BAKE is 1).
+        wanted = "report --target aws" + (" --bake" if validate_bake == "1" else "")
+        assert reported == [wanted]
+        assert run.index(wanted) > run.index("plan --image web --target aws")
+        assert run[-1] == "sweep"  # post_build still sweeps what a killed bake left
 
 
 def test_the_pull_request_report_is_an_artifact() -> None:
@@ -224,3 +238,43 @@ def test_the_pull_request_report_is_an_artifact() -> None:
     assert "build/report/pr-report.md" in files and "build/report/pr-report.json" in files
     assert report.default_path(ROOT) == ROOT / "build/report/pr-report.md"
     assert report.default_path(ROOT).with_suffix(".json") == ROOT / "build/report/pr-report.json"
+
+
+def test_the_pull_request_project_and_buildspec_agree_on_the_validation_bake() -> None:
+    """The CI stack's pr project: the variables it sets are buildspec.yml's (validate mode,
+    the bake on by default, as buildspec.yml's own default); a local bake needs root with
+    loop devices and mounts (privileged mode) and the published AMI's commit (a full
+    clone), and no AWS permission the plan did not already have: its role still has
+    only ec2:DescribeImages (the plan's, and the reference's commit tag) and the report's
+    s3:PutObject."""
+    from goldsmith.aws import stack
+
+    spec = buildspec.load(ROOT / "buildspec.yml")
+    template = stack.render(ROOT)
+    project = template["Resources"]["PullRequestProject"]["Properties"]
+    env = {v["Name"]: v["Value"] for v in project["Environment"]["EnvironmentVariables"]}
+    assert set(env) <= set(spec["env"]["variables"])
+    assert env["GOLDSMITH_MODE"] == "validate"
+    assert env["GOLDSMITH_VALIDATE_BAKE"] == {"Ref": "ValidationBake"}
+    parameter = template["Parameters"]["ValidationBake"]
+    assert parameter["Default"] == spec["env"]["variables"]["GOLDSMITH_VALIDATE_BAKE"] == "1"
+    assert sorted(parameter["AllowedValues"]) == ["0", "1"]
+    assert project["Environment"]["PrivilegedMode"] is True
+    assert project["Source"]["GitCloneDepth"] == 0
+    assert project["TimeoutInMinutes"] == {"Ref": "ValidationTimeoutMinutes"}
+    role = template["Resources"]["ValidationRole"]["Properties"]
+    assert "ManagedPolicyArns" not in role
+    actions = []
+    for policy in role["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            action = statement["Action"]
+            actions += [action] if isinstance(action, str) else action
+    assert sorted(actions) == ["ec2:DescribeImages", "s3:PutObject"]
+    # Attached to the pr role elsewhere in the template: CodeBuild's basics, nothing else.
+    attached = [
+        name
+        for name, r in template["Resources"].items()
+        if r["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Policy")
+        and {"Ref": "ValidationRole"} in r["Properties"].get("Roles", [])
+    ]
+    assert attached == ["CodeBuildBasicsPolicy"]

@@ -1,6 +1,7 @@
 """What a reviewer asks of proven builds: `list`, `diff`, `cve`, and a pull request's `report`.
 
-Thin: arguments in, goldsmith.outputs and goldsmith.pipeline do the work.
+Thin: arguments in, goldsmith.outputs, goldsmith.pipeline, goldsmith.report and (the
+report's validation bake) goldsmith.validate do the work.
 """
 
 from __future__ import annotations
@@ -128,18 +129,28 @@ def cve(c, image=None, target="local", tracker=None):
         "target": f"only this target: {', '.join(targets.names())} (default: every target "
         "of each image); CI passes its own",
         "base_ref": "compare each build with the one proven as of this git ref (a branch, "
-        "tag or sha) instead of the build it replaced (previous/)",
+        "tag or sha) instead of the build it replaced (previous/); with --bake, the commit "
+        "whose local bake is the reference where the plan's last proven build gives none "
+        "(e.g. origin/main, the merge base)",
         "output": "the markdown file to write (default build/report/pr-report.md); the "
         "JSON twin goes beside it, named .json",
+        "bake": "validation bake: bake each image the plan would rebake locally (the "
+        "checkout; its specs run in the bake) and compare it with a local bake of the "
+        "commit its last proven build was baked from (in a temporary git worktree, or a "
+        "local build kept here with its fingerprint); publishes nothing, needs no cloud "
+        "permission beyond the plan's",
     }
 )
 @user_errors
-def report(c, target=None, base_ref=None, output=None):
+def report(c, target=None, base_ref=None, output=None, bake=False):
     """One markdown report (and its JSON twin) for a pull request's validation run.
 
     Per image: what would rebake and why (the plan), the last proven build, its specs,
-    roles without specs, changes against the build it replaced, SBOM and CVE gate. Bakes
-    nothing; works where nothing was baked (a validation build).
+    roles without specs, changes against the build it replaced, SBOM and CVE gate.
+    Without --bake it bakes nothing and works where nothing was baked. With --bake each
+    image that would rebake is baked locally and compared with a local bake of the
+    commit its last proven build came from; exit 1 when a validation bake failed (the
+    report says which and why).
     """
     from ..pipeline import git_state
 
@@ -154,8 +165,19 @@ def report(c, target=None, base_ref=None, output=None):
     if base_ref:
         outputs.ref_commit(root, base_ref)  # a ref git does not know is the caller's error
     catalogue = load(root / "images.yml")
+    validations = None
     with contextlib.redirect_stdout(sys.stderr):
         rows = pr_report.plan_rows(root, catalogue, target, settings(c))
-    doc = pr_report.collect(root, catalogue, rows, git=git_state(root), base_ref=base_ref)
+        git = git_state(root)  # before the bakes write build/ (untracked in some checkouts)
+        if bake:
+            from .. import validate
+
+            validations = validate.run(root, rows, settings=settings(c), base_ref=base_ref)
+    doc = pr_report.collect(
+        root, catalogue, rows, git=git, base_ref=base_ref, validations=validations
+    )
     written = doc.write(markdown)
     print(" and ".join(str(p.relative_to(root) if p.is_relative_to(root) else p) for p in written))
+    failed = list(dict.fromkeys(err for v in (validations or {}).values() for err in v.errors))
+    if failed:
+        raise Exit("error: " + "\n  ".join(["validation bake failed:", *failed]), code=1)
