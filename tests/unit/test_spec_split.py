@@ -66,6 +66,7 @@ def test_a_spec_relying_on_no_restarted_unit_runs_beside_the_one_that_restarts(
     web, aside, healer = layer.specs
     assert spec.split_run(layer.specs, killed) == ([web, healer], [aside])
     junit = tmp_path / "junit.xml"
+    monkeypatch.setattr(spec.os, "cpu_count", lambda: 2)  # one layer: room for one more run
     result = spec.run_layers([layer], hosts="local://", junit=junit, root=root)
     assert result is not None and (result.passed, result.failed) == (3, 0), result.failures
     assert junit.read_text().count('name="spec"') == 2  # one suite per run, the layer's name
@@ -114,3 +115,34 @@ def test_a_bad_declaration_names_the_file_the_name_and_the_value(
     with pytest.raises(GoldsmithError, match=message) as err:
         spec.declared(d)
     assert str(d / "test_bad.py") in str(err.value)
+
+
+def test_a_set_aside_spec_another_layer_applies_alike_joins_that_layers_set_aside_run(
+    tmp_path: Path,
+) -> None:
+    """Each run costs a pytest and a shell on the machine: the child's only set-aside spec
+    (`shared`, applied alike by both layers) joins the parent's set-aside run; the child's
+    restarting spec keeps its own run with its own values."""
+    root, parent = _project(tmp_path)
+    _spec(root, "shared", "UNITS = ()\n\ndef test_shared():\n    pass\n")
+    web, aside, healer = parent.specs
+    shared = root / "tests/spec/shared"
+    roles = ["shared", "webcheck", "aside", "healer"]
+    parent = spec.Layer(parent.image, parent.playbook, [shared, web, aside, healer])
+    parent.playbook.write_text(yaml.safe_dump([{"hosts": "all", "roles": roles}]))
+    child_book = root / "playbooks/child.yml"
+    child_roles = ["shared", {"role": "healer", "vars": {"healer_services": ["api"]}}]
+    child_book.write_text(yaml.safe_dump([{"hosts": "all", "roles": child_roles}]))
+    child = spec.Layer("child", child_book, [shared, healer])
+    plan = spec.layer_specs([parent, child])
+    assert plan[1] == (child, [shared, healer])  # the child has fewer: it proves `shared`
+    parts = [tmp_path / "p.xml", tmp_path / "c.xml"]
+    runs = spec.beside_restarts(plan, root, parts, limit=3)
+    assert [(layer.image, specs, aside) for layer, specs, aside, _ in runs] == [
+        ("image", [web, healer], False),
+        ("image", [shared, aside], True),
+        ("child", [healer], False),
+    ]
+    # One run per core at most: on two, the layers' runs are all there is.
+    unsplit = [(parent, plan[0][1], False, parts[0]), (child, plan[1][1], False, parts[1])]
+    assert spec.beside_restarts(plan, root, parts, limit=2) == unsplit
