@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from . import inventory, tools
+from . import inventory, tools, vm
 from .errors import GoldsmithError
 from .roles import RoleMap, playbook_vars, role_defaults
 from .yamlfile import AnsibleLoader
@@ -309,20 +309,27 @@ def unit_name(name: str) -> str:
     return name if "." in name else f"{name}.service"
 
 
+def plays_of(playbook: Path, cache: dict[Path, Any]) -> Any:
+    """A playbook's plays, read once per `cache` (one spec step); Ansible's own tags
+    (`!vault`, `!unsafe`) read as values, as goldsmith.roles does."""
+    if playbook not in cache:
+        cache[playbook] = yaml.load(playbook.read_text(), Loader=AnsibleLoader) or []
+    return cache[playbook]
+
+
 def restarted_units(runs: list[tuple[Layer, list[Path]]], root: Path) -> frozenset[str] | None:
     """The units the runs' specs kill (each spec declaring RESTARTS, with the values its
     layer gives the role: its defaults and the playbook's vars); None when a list cannot
     be read as names, so nothing is split."""
     killed: set[str] = set()
+    plays: dict[Path, Any] = {}
     for layer, specs in runs:
-        plays = None
         for d in specs:
             var = declared(d).restarts
             if var is None:
                 continue
-            if plays is None:
-                plays = yaml.load(layer.playbook.read_text(), Loader=AnsibleLoader) or []
-            values = {**role_defaults(d.name, root), **playbook_vars(plays, d.name)}
+            given = playbook_vars(plays_of(layer.playbook, plays), d.name)
+            values = {**role_defaults(d.name, root), **given}
             services = values.get(var)
             if not isinstance(services, list):
                 return None
@@ -359,7 +366,8 @@ def beside_restarts(
     a layer's set-aside specs that another layer applies alike (same role, same values)
     join that layer's set-aside run instead of making one more. At most `limit` runs (the
     host's cores; each run's pytest and checks want one): with more, nothing is set aside
-    (measured here: a layered web bake's specs took longer in three runs than in two).
+    (measured here: a layered web bake's specs took no less in three or four runs than
+    in two).
     Returns (layer, specs, set aside?, part) per run, in the plan's order."""
     unsplit = [
         (layer, specs, False, part) for (layer, specs), part in zip(plan, parts, strict=True)
@@ -372,14 +380,13 @@ def beside_restarts(
         [layer, *split_run(specs, killed), part]
         for (layer, specs), part in zip(plan, parts, strict=True)
     ]
-    values: dict[tuple[Path, Path], dict] = {}
+    plays: dict[Path, Any] = {}
 
     def alike(d: Path, a: Layer, b: Layer) -> bool:
-        for layer in (a, b):
-            if (layer.playbook, d) not in values:
-                plays = yaml.load(layer.playbook.read_text(), Loader=AnsibleLoader) or []
-                values[(layer.playbook, d)] = playbook_vars(plays, d.name)
-        return d in b.specs and values[(a.playbook, d)] == values[(b.playbook, d)]
+        """Layer `b` applies the role of spec `d` with the values `a` gives it."""
+        return d in b.specs and playbook_vars(plays_of(a.playbook, plays), d.name) == playbook_vars(
+            plays_of(b.playbook, plays), d.name
+        )
 
     for piece in pieces:
         layer, _, aside, _ = piece
@@ -502,16 +509,12 @@ def layer_specs(layers: list[Layer]) -> list[tuple[Layer, list[Path]]]:
     The layers' runs go at once, so a spec proven once goes to the run with the fewest
     spec folders so far (the earliest layer on a tie): the runs end closer together, and
     the spec step ends when the last run does."""
-    plays: dict[Path, object] = {}
+    plays: dict[Path, Any] = {}
     # Each spec with the values it is run with, and the layers that apply it so.
     alike: list[tuple[Path, dict, list[int]]] = []
     for i, layer in enumerate(layers):
-        if layer.playbook not in plays:
-            # Ansible's own tags (`!vault`, `!unsafe`) read as values, as goldsmith.roles does.
-            text = layer.playbook.read_text()
-            plays[layer.playbook] = yaml.load(text, Loader=AnsibleLoader) or []
         for d in dict.fromkeys(layer.specs):
-            values = playbook_vars(plays[layer.playbook], d.name)
+            values = playbook_vars(plays_of(layer.playbook, plays), d.name)
             found = [where for other, v, where in alike if other == d and v == values]
             if found:
                 found[0].append(i)
@@ -556,10 +559,8 @@ def read_listening(host: str, port: str, user: str, key: Path, timeout: float = 
     run there as root over SSH, so each socket's process can be read); raises
     GoldsmithError when they cannot be read."""
     source = Path(inventory.__file__).read_text() + _LISTENING_MAIN
-    argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes"]
-    argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-    argv += ["-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", f"{user}@{host}"]
-    argv += ["sudo -n python3 -I -"]
+    argv = ["ssh", *vm.SSH_OPTIONS, "-o", "BatchMode=yes", "-i", str(key), "-p", str(port)]
+    argv += [f"{user}@{host}", "sudo -n python3 -I -"]
     try:
         done = subprocess.run(
             argv, input=source, capture_output=True, text=True, timeout=timeout, check=False

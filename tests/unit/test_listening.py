@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from goldsmith import inventory, packer, spec
+from goldsmith import inventory, spec
 from goldsmith.errors import GoldsmithError
 from goldsmith.targets import local
 
@@ -67,21 +67,6 @@ def test_an_unreachable_machine_fails_the_spec_step_before_any_spec(
     assert spec.main(argv) == 1
     assert "reading the machine's listening sockets failed (exit 255)" in capsys.readouterr().out
     assert not out.exists()
-
-
-def test_the_read_is_its_own_phase_between_the_spec_steps_start_and_its_specs() -> None:
-    clock = iter([0.0, 10.0, 70.0, 71.0, 73.0, 85.0])
-    t = packer.Timings(clock=lambda: next(clock))
-    for line in (
-        "==> goldsmith.qemu.local: Waiting for SSH to become available...",
-        "==> goldsmith.qemu.local: Provisioning with Ansible...",
-        "==> goldsmith.qemu.local: Running local shell script: /tmp/x",
-        "    goldsmith.qemu.local: [listening] reading the sockets the machine listens on",
-        "    goldsmith.qemu.local: [spec] proving the machine (4 listening sockets read)",
-    ):
-        t.line(line)
-    phases = t.finish()
-    assert phases["listening"] == 2.0 and phases["spec"] == 13.0
 
 
 def _bake(tmp_path: Path) -> SimpleNamespace:
