@@ -39,9 +39,13 @@ source "qemu" "local" {
   ssh_username         = var.build_user
   ssh_private_key_file = var.ssh_private_key_file
   ssh_timeout          = "10m"
-  host_port_min        = var.ssh_host_port
-  host_port_max        = var.ssh_host_port
-  vnc_bind_address     = "127.0.0.1"
+  # Through goldsmith's proxy, Packer's first try waits until the machine answers.
+  ssh_proxy_host = var.ssh_proxy_host
+  ssh_proxy_port = var.ssh_proxy_port
+  host_port_min  = var.ssh_host_port
+  host_port_max  = var.ssh_host_port
+  # No boot command to type: no VNC server, and no VNC client connected to it.
+  disable_vnc = true
 
   # The seal removes the build user, so it is the shutdown: it runs as root over
   # the build's open connection and powers the machine off itself.

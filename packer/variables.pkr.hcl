@@ -134,3 +134,14 @@ variable "http_port" {
   type    = number
   default = 8700
 }
+
+variable "ssh_proxy_host" {
+  type        = string
+  default     = ""
+  description = "A local bake: the SOCKS5 proxy Packer's own SSH connection goes through (goldsmith.sshready); empty: none"
+}
+
+variable "ssh_proxy_port" {
+  type    = number
+  default = 1080
+}

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ import yaml
 from . import inventory, tools, vm
 from .errors import GoldsmithError
 from .roles import RoleMap, playbook_vars, role_defaults
+from .spec_shell import RESTART_GATE
 from .yamlfile import AnsibleLoader
 
 HYGIENE = "hygiene"
@@ -422,10 +424,12 @@ def run_layers(
     root: Path,
     ssh_key: Path | None = None,
     suite: str = "spec",
+    gate: Path | None = None,
 ) -> SpecResult | None:
     """Prove a machine whole: each layer's specs (root ancestor first), each read with its
     own playbook's vars, one JUnit suite per layer ("spec PARENT", ..., then `suite`),
-    merged into `junit`. None when no layer has a spec.
+    merged into `junit`. None when no layer has a spec. `gate`: a file the specs that
+    restart services wait for (goldsmith.spec_shell.RESTART_GATE).
 
     The layers' runs go at once, each its own pytest with its own shell on the machine:
     their waits overlap (a self-healing spec waits out each service's RestartSec). A
@@ -473,6 +477,7 @@ def run_layers(
                 suite=suite if layer.image == own else f"spec {layer.image}",
                 playbook=layer.playbook,
                 on_start=started.append,
+                extra_env={RESTART_GATE: str(gate)} if gate else None,
             )
             for layer, specs, part in runs
         ]
@@ -572,6 +577,34 @@ def read_listening(host: str, port: str, user: str, key: Path, timeout: float = 
     return parse_listening(done.returncode, done.stdout, done.stderr)
 
 
+class ListeningRead(threading.Thread):
+    """read_listening in a thread: the sockets go to `out` (JSON), then `gate` says "ok",
+    or why the specs that restart services must not run; `error` is set on failure."""
+
+    def __init__(self, host: str, port: str, user: str, key: Path, out: Path, gate: Path):
+        super().__init__(name="listening", daemon=True)
+        self.args = (host, port, user, key)
+        self.out, self.gate = out, gate
+        self.error: GoldsmithError | None = None
+
+    def run(self) -> None:
+        tools.log("listening", "reading the sockets the machine listens on")
+        try:
+            found = read_listening(*self.args)
+            self.out.write_text(json.dumps(found, indent=2) + "\n")
+            tools.log("listening", f"{len(found)} listening sockets read")
+        except (GoldsmithError, OSError) as err:
+            self.error = err if isinstance(err, GoldsmithError) else GoldsmithError(str(err))
+        finally:
+            said = (
+                "ok" if self.error is None else f"the listening sockets were not read: {self.error}"
+            )
+            # Whole or not at all: a spec must never read half of it.
+            part = self.gate.with_name(self.gate.name + ".part")
+            part.write_text(said + "\n")
+            part.replace(self.gate)
+
+
 def parse_listening(status: int, out: str, err: str) -> list:
     """The reader's output as a list of sockets, or GoldsmithError saying what went wrong."""
     if status != 0:
@@ -619,28 +652,37 @@ def main(argv: list[str] | None = None) -> int:
     host = os.environ.get("GOLDSMITH_SPEC_HOST", "127.0.0.1")
     port = os.environ.get("GOLDSMITH_SPEC_PORT", "22")
     user = os.environ["GOLDSMITH_SPEC_USER"]
-    if args.listening:
-        # Before the specs: a self-healing spec kills services, and a socket of one that
-        # is starting again might be missed. Its own phase in the build's timings.
-        tools.log("listening", "reading the sockets the machine listens on")
-        try:
-            found = read_listening(host, port, user, args.key)
-        except GoldsmithError as err:
-            tools.log("listening", f"{err}: the image will not be sealed")
-            return 1
-        args.listening.write_text(json.dumps(found, indent=2) + "\n")
-        tools.log("spec", f"proving the machine ({len(found)} listening sockets read)")
     layers = [
         Layer(x["image"], Path(x["playbook"]), [Path(d) for d in x["specs"]])
         for x in json.loads(args.layers.read_text())
     ]
-    total = run_layers(
-        layers,
-        hosts=f"ssh://{user}@{host}:{port}",
-        junit=args.junit,
-        root=args.root,
-        ssh_key=args.key,
-    )
+    reader, gate = None, None
+    if args.listening:
+        # Beside the specs' start (pytest's, the shells'), but before any spec that
+        # restarts services: a socket of a service starting again might be missed. Those
+        # specs wait for the gate (goldsmith.spec_shell).
+        gate = args.listening.with_name(args.listening.name + ".read")
+        gate.unlink(missing_ok=True)
+        reader = ListeningRead(host, port, user, args.key, args.listening, gate)
+        reader.start()
+    try:
+        total = run_layers(
+            layers,
+            hosts=f"ssh://{user}@{host}:{port}",
+            junit=args.junit,
+            root=args.root,
+            ssh_key=args.key,
+            gate=gate,
+        )
+        if reader is not None:
+            reader.join()
+    finally:
+        # Interrupted: the read (a daemon thread, its ssh bounded) is not waited for.
+        if gate is not None:
+            gate.unlink(missing_ok=True)
+    if reader is not None and reader.error:
+        tools.log("listening", f"{reader.error}: the image will not be sealed")
+        return 1
     if total is None:
         return 0
     if not total.ok:

@@ -17,25 +17,38 @@ an emulated guest.
 
 If the shell is gone (its session was killed), the next command starts another one; a
 command whose shell dies under it raises, as testinfra's ssh backend does on exit 255.
+
+The plugin also holds back every spec that restarts services (one whose module declares
+RESTARTS, tests/spec/README.md) while RESTART_GATE names a file that does not exist yet:
+the build's spec step reads the machine's listening sockets beside the specs' start, and
+no service may be killed before that read is done (goldsmith.spec.main).
 """
 
 from __future__ import annotations
 
 import atexit
 import base64
+import os
 import secrets
 import shlex
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 import testinfra.backend
 from testinfra.backend import base
 from testinfra.backend.ssh import SshBackend
 
 # How long a new shell waits for an SSH server that refuses connections (restarting).
 CONNECT_WAIT = 30.0
+
+# A file the spec step writes once nothing holds back the specs that restart services:
+# "ok", or why they must not run. How long a spec waits for it.
+RESTART_GATE = "GOLDSMITH_SPEC_RESTART_GATE"
+GATE_WAIT = 300.0
 
 
 class ShellGone(RuntimeError):
@@ -172,3 +185,26 @@ class ShellSshBackend(SshBackend):
 
 # As a pytest plugin (`-p goldsmith.spec_shell`): ssh:// hosts get this backend.
 testinfra.backend.BACKENDS["ssh"] = f"{__name__}.{ShellSshBackend.__name__}"
+
+
+def await_gate(gate: Path, wait: float = GATE_WAIT) -> str:
+    """Wait until `gate` exists; its text ("ok", or what went wrong instead)."""
+    deadline = time.monotonic() + wait
+    while not gate.exists():
+        if time.monotonic() > deadline:
+            return f"nothing was said in {wait:.0f} s ({gate.name} is missing)"
+        time.sleep(0.1)
+    return gate.read_text().strip()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A spec that restarts services waits for RESTART_GATE (before its fixtures, which
+    may do the killing), and fails if the gate says it must not run."""
+    gate = os.environ.get(RESTART_GATE, "")
+    module = getattr(item, "module", None)
+    if not gate or getattr(module, "RESTARTS", None) is None:
+        return
+    said = await_gate(Path(gate))
+    if said != "ok":
+        pytest.fail(f"this spec restarts services, and must not run: {said}", pytrace=False)

@@ -88,7 +88,9 @@ def test_base_build_records_inventory_and_sbom_beside_the_manifest(baked_base: P
     assert "listening" in inventory, (
         "base's proven build predates live sockets: ./run build --image base --force"
     )
-    assert entry["read"].endswith("; listening sockets read on the live machine before its specs")
+    assert entry["read"].endswith(
+        "; listening sockets read on the live machine before any spec restarted a service"
+    )
     ports = {(x["proto"], x["port"], x["process"]) for x in inventory["listening"]}
     assert {("tcp", 22, "sshd"), ("tcp6", 9100, "prometheus-node")} <= ports, ports
     sbom = json.loads((baked_base / manifest["sbom"]["file"]).read_text())

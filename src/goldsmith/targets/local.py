@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import base_disk, cvegate, disk, inventory, outputs, spec, tools, vm
+from .. import base_disk, cvegate, disk, inventory, outputs, spec, sshready, tools, vm
 from ..catalogue import Vulnerabilities
 from ..errors import GoldsmithError
 from .contract import Bake, Plan, SealProof, Source, nothing
@@ -199,13 +199,19 @@ class Local:
                 "cloud_init_seed": cloudinit.smbios_seed(port),
             }
         bake.state["accelerator"] = values["accelerator"]
+        # Packer's own connection waits for the machine's SSH server, not for its next
+        # try five seconds on (goldsmith.sshready).
+        proxy = sshready.ReadyProxy(values["ssh_host_port"])
+        bake.state["ssh_ready_proxy"] = proxy
+        values["ssh_proxy_host"], values["ssh_proxy_port"] = "127.0.0.1", proxy.port
         return values
 
     def packer_env(self, bake: Bake) -> dict[str, str] | None:
         return None
 
     def during_packer(self, bake: Bake):
-        return nothing()
+        proxy = bake.state.get("ssh_ready_proxy")
+        return proxy.serving() if proxy else nothing()
 
     def collect(self, bake: Bake) -> dict[str, Any]:
         name = f"{bake.plan.image.name}.qcow2"
@@ -219,9 +225,11 @@ class Local:
         proof = prove_on_disk(bake, bake.state["disk"], self.what)
         if proof.inventory is not None:
             # What a disk cannot show: the sockets the live machine listened on, read
-            # before its specs (goldsmith.spec.main).
+            # before any spec restarted a service (goldsmith.spec.main).
             proof.inventory["listening"] = read_listening(bake, self.what)
-            proof.inventory_read += "; listening sockets read on the live machine before its specs"
+            proof.inventory_read += (
+                "; listening sockets read on the live machine before any spec restarted a service"
+            )
         # Only a proven disk goes into the staged output.
         t = time.monotonic()
         shutil.move(str(bake.state["disk"]), bake.staged / bake.state["disk"].name)
@@ -229,6 +237,9 @@ class Local:
         return proof
 
     def cleanup(self, bake: Bake, failed: bool) -> list[str]:
+        proxy = bake.state.get("ssh_ready_proxy")
+        if proxy:
+            proxy.close()
         return []
 
     def after_commit(self, plan: Plan, manifest_path: Path) -> None:
