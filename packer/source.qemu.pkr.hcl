@@ -44,7 +44,8 @@ source "qemu" "local" {
   ssh_proxy_port = var.ssh_proxy_port
   host_port_min  = var.ssh_host_port
   host_port_max  = var.ssh_host_port
-  # No boot command to type: no VNC server, and no VNC client connected to it.
+  # No boot command to type: Packer does not connect to the VM's display (Packer 1.6
+  # still gives QEMU a VNC display, on the loopback address).
   disable_vnc = true
 
   # The seal removes the build user, so it is the shutdown: it runs as root over
