@@ -94,7 +94,7 @@ def test_it(tmp_path_factory):
 
 def _gated_run(tmp_path: Path, gate: Path, say: str | None) -> tuple[int, str, dict]:
     """A real pytest run with goldsmith's plugin: a spec that does not declare RESTARTS,
-    then one that does; the gate is written ("say") 1.5 s after the run starts."""
+    then one that does; the gate is written ("say") 0.3 s after the first has run."""
     log = tmp_path / "ran.log"
     (tmp_path / "test_restarts.py").write_text(
         GATED.format(restarts='RESTARTS = "self_healing_services"', log=str(log))
@@ -120,7 +120,12 @@ def _gated_run(tmp_path: Path, gate: Path, say: str | None) -> tuple[int, str, d
         stderr=subprocess.STDOUT,
         text=True,
     )
-    time.sleep(1.5)
+    # Once the plain spec has run, the other is being held (or has run: then it fails).
+    deadline = time.monotonic() + 60
+    while "test_plain" not in (log.read_text() if log.exists() else "") and proc.poll() is None:
+        assert time.monotonic() < deadline, "the plain spec never ran"
+        time.sleep(0.05)
+    time.sleep(0.3)
     said_at = time.monotonic()
     if say is not None:
         gate.write_text(say + "\n")
